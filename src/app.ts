@@ -1,0 +1,190 @@
+/**
+ * Deputy assembled: the koa application and the route table, built from a validated
+ * configuration. `createDeputy` does the work that can fail (database, keys, upstream
+ * discovery) before any request is served.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Router from '@koa/router';
+import Koa from 'koa';
+import type { Logger } from 'pino';
+import type { Config } from './config.ts';
+import { migrateDatabase, openDatabase, type Connection } from './db/index.ts';
+import { Store } from './db/store.ts';
+import { createDevIdp, DEV_IDP_CLIENT_ID } from './dev-idp/index.ts';
+import { KeyStore } from './keys/keystore.ts';
+import { metadataRoutes } from './keys/routes.ts';
+import { deriveSecrets, resolveSecret } from './secret.ts';
+import { UpstreamClient } from './upstream/client.ts';
+import { loginRoutes } from './upstream/routes.ts';
+import { PageError } from './web/errors.ts';
+import { Sessions, type WebState } from './web/session.ts';
+import { createViews, type Views } from './web/views.ts';
+
+export interface Deputy {
+  app: Koa;
+  store: Store;
+  keys: KeyStore;
+  upstream: UpstreamClient;
+  devIdp: boolean;
+  close(): void;
+}
+
+const PURGE_INTERVAL_MS = 10 * 60 * 1000;
+const STYLESHEET = readFileSync(
+  join(dirname(fileURLToPath(import.meta.url)), 'web/static/deputy.css'),
+  'utf8',
+);
+
+export async function createDeputy(config: Config, log: Logger): Promise<Deputy> {
+  const { secret } = resolveSecret(config);
+  const secrets = deriveSecrets(secret);
+  const connection = openDatabase(config.dbPath);
+  try {
+    migrateDatabase(connection);
+    return await assemble(config, log, connection, secrets);
+  } catch (error) {
+    connection.close();
+    throw error;
+  }
+}
+
+async function assemble(
+  config: Config,
+  log: Logger,
+  connection: Connection,
+  secrets: ReturnType<typeof deriveSecrets>,
+): Promise<Deputy> {
+  const store = new Store(connection.db);
+  const keys = new KeyStore(store, secrets.keyEncryptionKey);
+  await keys.init();
+
+  const devIdp = config.upstream === null;
+  const views = createViews({ devIdp, production: config.production });
+  const redirectUri = `${config.issuer}/login/callback`;
+
+  const app = new Koa({ keys: secrets.cookieKeys, proxy: config.trustProxy });
+  app.silent = true;
+  app.use(errorPages(views, log));
+
+  let upstream: UpstreamClient;
+  if (config.upstream === null) {
+    const idp = await createDevIdp({
+      deputyIssuer: config.issuer,
+      clientSecret: secrets.devIdpClientSecret,
+      cookieKeys: secrets.cookieKeys,
+      views,
+    });
+    for (const middleware of idp.middleware) app.use(middleware);
+    upstream = new UpstreamClient(
+      {
+        issuer: idp.issuer,
+        clientId: DEV_IDP_CLIENT_ID,
+        clientSecret: secrets.devIdpClientSecret,
+        allowHttp: config.issuer.startsWith('http://'),
+      },
+      redirectUri,
+    );
+  } else {
+    upstream = new UpstreamClient(config.upstream, redirectUri);
+    await upstream.configuration();
+  }
+
+  const secure = config.issuer.startsWith('https://');
+  const sessions = new Sessions({ store, secure, csrfKey: secrets.cookieKeys[0] as string });
+  app.use(async (ctx, next) => {
+    // Behind a TLS-terminating proxy koa sees plain http; the issuer says what browsers use.
+    if (secure) ctx.cookies.secure = true;
+    await next();
+  });
+  app.use(sessions.middleware());
+
+  const router = new Router();
+  router.get('/', function home(ctx) {
+    const state = ctx.state as WebState;
+    ctx.type = 'html';
+    ctx.body = views.render('home', {
+      user: state.user,
+      csrf: state.csrf,
+      upstreamIssuer: upstream.issuer,
+    });
+  });
+  router.get('/static/deputy.css', function stylesheet(ctx) {
+    ctx.set('Cache-Control', 'public, max-age=3600');
+    ctx.type = 'text/css';
+    ctx.body = STYLESHEET;
+  });
+
+  for (const routes of [
+    router,
+    metadataRoutes(config.issuer, keys),
+    loginRoutes({ issuer: config.issuer, upstream, store, sessions, views, log }),
+  ]) {
+    app.use(routes.routes());
+    app.use(routes.allowedMethods());
+  }
+
+  app.use(function notFound() {
+    throw new PageError(404, 'Not found', 'There is no page at this address.');
+  });
+
+  store.purgeExpired();
+  const purge = setInterval(() => store.purgeExpired(), PURGE_INTERVAL_MS);
+  purge.unref();
+
+  return {
+    app,
+    store,
+    keys,
+    upstream,
+    devIdp,
+    close() {
+      clearInterval(purge);
+      connection.close();
+    },
+  };
+}
+
+/** The last word on errors for people's pages: a readable page, never a stack or detail. */
+function errorPages(views: Views, log: Logger): Koa.Middleware {
+  return async function renderErrors(ctx, next) {
+    try {
+      await next();
+    } catch (error) {
+      const state = ctx.state as Partial<WebState>;
+      let status = 500;
+      let title = 'Something went wrong';
+      let message = 'Deputy could not finish this request. Try again in a moment.';
+
+      if (error instanceof PageError) {
+        ({ status, title, message } = error);
+        const cause = error.cause instanceof Error ? error.cause.message : undefined;
+        log.debug({ status, path: ctx.path, reason: message, cause }, 'request refused');
+      } else if (isClientHttpError(error)) {
+        status = error.status;
+        title = status === 413 ? 'Request too large' : 'Bad request';
+        message = error.expose ? error.message : 'Deputy could not read this request.';
+        log.debug({ status, path: ctx.path }, 'request refused');
+      } else {
+        log.error({ err: error, path: ctx.path, method: ctx.method }, 'request failed');
+      }
+
+      ctx.status = status;
+      ctx.type = 'html';
+      ctx.set('Cache-Control', 'no-store');
+      ctx.body = views.render('error', {
+        title,
+        message,
+        user: state.user ?? null,
+        csrf: state.csrf ?? null,
+      });
+    }
+  };
+}
+
+function isClientHttpError(error: unknown): error is { status: number; expose: boolean; message: string } {
+  if (typeof error !== 'object' || error === null) return false;
+  const status = (error as { status?: unknown }).status;
+  return typeof status === 'number' && status >= 400 && status < 500;
+}

@@ -1,0 +1,212 @@
+/**
+ * Configuration, read once from the environment and validated before anything starts.
+ * Every mistake is a ConfigError whose message names the variable and what it expects;
+ * the command line prints that one line and exits.
+ */
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export interface UpstreamConfig {
+  issuer: string;
+  clientId: string;
+  clientSecret: string;
+  /** Plain-http upstream issuer, an explicit opt-in that production refuses. */
+  allowHttp: boolean;
+}
+
+export interface Config {
+  production: boolean;
+  issuer: string;
+  port: number;
+  host: string;
+  dbPath: string;
+  /** DEPUTY_SECRET when set; otherwise resolved from the file beside the database. */
+  secret: string | undefined;
+  /** null means the built-in development provider. */
+  upstream: UpstreamConfig | null;
+  idJagTtl: number;
+  allowLoopbackServices: boolean;
+  trustProxy: boolean;
+  logLevel: string;
+}
+
+export type Env = Record<string, string | undefined>;
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const MIN_SECRET_LENGTH = 32;
+const MAX_ID_JAG_TTL = 900;
+
+export function loadConfig(env: Env = process.env): Config {
+  const production = env.NODE_ENV === 'production';
+  const issuer = parseIssuer('DEPUTY_ISSUER', env.DEPUTY_ISSUER ?? 'http://localhost:4000');
+  const port = parseInteger('PORT', env.PORT, 4000, 0, 65535);
+  const host = nonEmpty('DEPUTY_HOST', env.DEPUTY_HOST) ?? '0.0.0.0';
+  const dbPath = nonEmpty('DEPUTY_DB', env.DEPUTY_DB) ?? './data/deputy.db';
+  const secret = parseSecret(env.DEPUTY_SECRET, production);
+  const upstream = parseUpstream(env, production);
+  const idJagTtl = parseInteger('DEPUTY_ID_JAG_TTL', env.DEPUTY_ID_JAG_TTL, 300, 1, MAX_ID_JAG_TTL);
+  const allowLoopbackServices = parseBoolean(
+    'DEPUTY_ALLOW_LOOPBACK_SERVICES',
+    env.DEPUTY_ALLOW_LOOPBACK_SERVICES,
+  );
+  const trustProxy = parseBoolean('DEPUTY_TRUST_PROXY', env.DEPUTY_TRUST_PROXY);
+  const logLevel = env.DEPUTY_LOG_LEVEL ?? 'info';
+
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new ConfigError(`DEPUTY_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got '${logLevel}'`);
+  }
+
+  if (production && allowLoopbackServices) {
+    throw new ConfigError('DEPUTY_ALLOW_LOOPBACK_SERVICES is for development and is refused when NODE_ENV=production');
+  }
+
+  if (production && !issuer.startsWith('https://')) {
+    throw new ConfigError(`DEPUTY_ISSUER must be an https URL when NODE_ENV=production, got '${issuer}'`);
+  }
+
+  return Object.freeze({
+    production,
+    issuer,
+    port,
+    host,
+    dbPath,
+    secret,
+    upstream,
+    idJagTtl,
+    allowLoopbackServices,
+    trustProxy,
+    logLevel,
+  });
+}
+
+function nonEmpty(name: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (value.trim() === '') throw new ConfigError(`${name} is set but empty`);
+  return value;
+}
+
+/**
+ * An issuer is an absolute http(s) URL with no query, fragment or trailing slash: services
+ * build `<iss>/.well-known/jwks.json` by concatenation (SPEC 2.4, 9.2).
+ */
+function parseIssuer(name: string, value: string): string {
+  const expects = 'an absolute http(s) URL with no trailing slash, query or fragment';
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(`${name} must be ${expects}, got '${value}'`);
+  }
+
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    throw new ConfigError(`${name} must be ${expects}, got '${value}'`);
+  }
+
+  if (value.endsWith('/')) {
+    throw new ConfigError(`${name} must not end with a slash, got '${value}'`);
+  }
+
+  if (url.search !== '' || url.hash !== '' || value.includes('?') || value.includes('#')) {
+    throw new ConfigError(`${name} must be ${expects}, got '${value}'`);
+  }
+
+  if (url.username !== '' || url.password !== '') {
+    throw new ConfigError(`${name} must not contain credentials`);
+  }
+
+  return value;
+}
+
+function parseInteger(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  if (value === undefined) return fallback;
+  if (!/^\d+$/.test(value)) {
+    throw new ConfigError(`${name} must be a whole number from ${min} to ${max}, got '${value}'`);
+  }
+
+  const parsed = Number(value);
+  if (parsed < min || parsed > max) {
+    throw new ConfigError(`${name} must be a whole number from ${min} to ${max}, got '${value}'`);
+  }
+
+  return parsed;
+}
+
+function parseBoolean(name: string, value: string | undefined): boolean {
+  if (value === undefined || value === '' || value === 'false' || value === '0') return false;
+  if (value === 'true' || value === '1') return true;
+  throw new ConfigError(`${name} must be 'true' or 'false', got '${value}'`);
+}
+
+function parseSecret(value: string | undefined, production: boolean): string | undefined {
+  if (value === undefined) {
+    if (production) {
+      throw new ConfigError(
+        `DEPUTY_SECRET is required when NODE_ENV=production (at least ${MIN_SECRET_LENGTH} random characters)`,
+      );
+    }
+    return undefined;
+  }
+
+  if (value.length < MIN_SECRET_LENGTH) {
+    throw new ConfigError(`DEPUTY_SECRET must be at least ${MIN_SECRET_LENGTH} characters long`);
+  }
+
+  return value;
+}
+
+function parseUpstream(env: Env, production: boolean): UpstreamConfig | null {
+  const issuer = nonEmpty('DEPUTY_UPSTREAM_ISSUER', env.DEPUTY_UPSTREAM_ISSUER);
+  const clientId = nonEmpty('DEPUTY_UPSTREAM_CLIENT_ID', env.DEPUTY_UPSTREAM_CLIENT_ID);
+  const clientSecret = nonEmpty('DEPUTY_UPSTREAM_CLIENT_SECRET', env.DEPUTY_UPSTREAM_CLIENT_SECRET);
+  const allowHttp = parseBoolean('DEPUTY_UPSTREAM_ALLOW_HTTP', env.DEPUTY_UPSTREAM_ALLOW_HTTP);
+
+  if (issuer === undefined) {
+    if (clientId !== undefined || clientSecret !== undefined) {
+      throw new ConfigError('DEPUTY_UPSTREAM_ISSUER must be set when an upstream client id or secret is');
+    }
+    if (production) {
+      throw new ConfigError(
+        'DEPUTY_UPSTREAM_ISSUER is required when NODE_ENV=production: the development sign-in accepts any email',
+      );
+    }
+    return null;
+  }
+
+  let url: URL;
+  try {
+    url = new URL(issuer);
+  } catch {
+    throw new ConfigError(`DEPUTY_UPSTREAM_ISSUER must be an absolute https URL, got '${issuer}'`);
+  }
+
+  if (url.protocol === 'http:') {
+    if (!allowHttp) {
+      throw new ConfigError(
+        `DEPUTY_UPSTREAM_ISSUER must be https (set DEPUTY_UPSTREAM_ALLOW_HTTP=true for a local test provider), got '${issuer}'`,
+      );
+    }
+    if (production) {
+      throw new ConfigError('DEPUTY_UPSTREAM_ALLOW_HTTP is refused when NODE_ENV=production');
+    }
+  } else if (url.protocol !== 'https:') {
+    throw new ConfigError(`DEPUTY_UPSTREAM_ISSUER must be an absolute https URL, got '${issuer}'`);
+  }
+
+  if (clientId === undefined) {
+    throw new ConfigError('DEPUTY_UPSTREAM_CLIENT_ID is required when DEPUTY_UPSTREAM_ISSUER is set');
+  }
+
+  if (clientSecret === undefined) {
+    throw new ConfigError('DEPUTY_UPSTREAM_CLIENT_SECRET is required when DEPUTY_UPSTREAM_ISSUER is set');
+  }
+
+  return { issuer, clientId, clientSecret, allowHttp };
+}

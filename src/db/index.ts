@@ -1,0 +1,39 @@
+/**
+ * The SQLite connection: WAL, foreign keys, a busy timeout, and the migrations from drizzle/
+ * applied before anything reads.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { drizzle, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
+import { migrate } from 'drizzle-orm/better-sqlite3/migrator';
+import * as schema from './schema.ts';
+
+export type Db = BetterSQLite3Database<typeof schema>;
+
+export interface Connection {
+  db: Db;
+  sqlite: Database.Database;
+  close(): void;
+}
+
+const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../../drizzle');
+
+export function openDatabase(path: string): Connection {
+  if (path !== ':memory:') mkdirSync(dirname(resolve(path)), { recursive: true });
+
+  const sqlite = new Database(path);
+  sqlite.pragma('journal_mode = WAL');
+  sqlite.pragma('foreign_keys = ON');
+  sqlite.pragma('busy_timeout = 5000');
+  sqlite.pragma('synchronous = NORMAL');
+
+  const db = drizzle(sqlite, { schema });
+  return { db, sqlite, close: () => sqlite.close() };
+}
+
+/** Applies every migration in drizzle/ that this database has not seen. */
+export function migrateDatabase(connection: Connection): void {
+  migrate(connection.db, { migrationsFolder: MIGRATIONS });
+}

@@ -1,0 +1,63 @@
+/**
+ * Published metadata: the JWKS (SPEC 5.1), the authorization server metadata under both
+ * well-known names (SPEC 9), and Deputy's provider metadata document (SPEC 2.5).
+ */
+import Router from '@koa/router';
+import type { Context } from 'koa';
+import type { KeyStore } from './keystore.ts';
+
+/** Services may cache the JWKS this long; key rotation waits at least as long (SPEC 5.3). */
+export const JWKS_MAX_AGE_SECONDS = 300;
+
+export const ID_JAG_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id-jag';
+export const ID_JAG_GRANT_PROFILE = 'urn:ietf:params:oauth:grant-profile:id-jag';
+export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange';
+export const JWT_BEARER_GRANT = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+
+export function providerMetadataUrl(issuer: string): string {
+  return `${issuer}/agent-auth.json`;
+}
+
+export function jwksUrl(issuer: string): string {
+  return `${issuer}/.well-known/jwks.json`;
+}
+
+export function metadataRoutes(issuer: string, keys: KeyStore): Router {
+  const router = new Router();
+
+  router.get('/.well-known/jwks.json', function jwks(ctx) {
+    ctx.set('Cache-Control', `public, max-age=${JWKS_MAX_AGE_SECONDS}`);
+    ctx.set('Access-Control-Allow-Origin', '*');
+    ctx.type = 'application/jwk-set+json';
+    ctx.body = keys.jwks();
+  });
+
+  const serverMetadata = function serverMetadata(ctx: Context) {
+    ctx.set('Cache-Control', 'public, max-age=300');
+    ctx.set('Access-Control-Allow-Origin', '*');
+    ctx.body = {
+      issuer,
+      jwks_uri: jwksUrl(issuer),
+      identity_chaining_requested_token_types_supported: [ID_JAG_TOKEN_TYPE],
+    };
+  };
+  router.get('/.well-known/oauth-authorization-server', serverMetadata);
+  router.get('/.well-known/openid-configuration', serverMetadata);
+
+  router.get('/agent-auth.json', function providerMetadata(ctx) {
+    ctx.set('Cache-Control', 'public, max-age=300');
+    ctx.set('Access-Control-Allow-Origin', '*');
+    ctx.body = {
+      client_id: providerMetadataUrl(issuer),
+      client_name: 'Deputy',
+      client_uri: issuer,
+      jwks_uri: jwksUrl(issuer),
+      token_endpoint_auth_method: 'private_key_jwt',
+      grant_types: [TOKEN_EXCHANGE_GRANT, JWT_BEARER_GRANT],
+      authorization_grant_profiles_supported: [ID_JAG_GRANT_PROFILE],
+      scope: 'openid email profile',
+    };
+  });
+
+  return router;
+}

@@ -1,0 +1,312 @@
+/**
+ * The `deputy` command line: `serve` (the default), `migrate`, `agents …` and `keys list`.
+ * Administration happens here; people use the web pages and agents use OAuth.
+ */
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { parseArgs } from 'node:util';
+import { createDeputy } from './app.ts';
+import { ConfigError, loadConfig, type Config } from './config.ts';
+import { migrateDatabase, openDatabase } from './db/index.ts';
+import { Store, type Agent } from './db/store.ts';
+import { registerAgent, UsageError } from './agents/registry.ts';
+import { KeyDecryptionError } from './keys/keystore.ts';
+import { createLogger } from './log.ts';
+
+const USAGE = `Usage: deputy [command]
+
+Commands:
+  serve                         run the server (the default)
+  migrate                       apply database migrations and exit
+  agents add --name NAME [--logo-uri URL] [--redirect-uri URL]...
+             [--jwks FILE | --jwks-uri URL] [--json]
+                                register an agent; without keys it gets a client secret,
+                                printed once
+  agents list [--json]          list registered agents
+  agents show CLIENT_ID [--json]
+  agents remove CLIENT_ID       delete an agent
+  keys list [--json]            list signing keys and their state
+
+Configuration comes from environment variables; see the README.`;
+
+type Output = (line: string) => void;
+
+async function run(argv: string[], out: Output = console.log): Promise<number> {
+  const [command = 'serve', ...rest] = argv;
+
+  switch (command) {
+    case 'serve':
+      await serve(loadConfig());
+      return 0;
+    case 'migrate':
+      return migrateCommand(loadConfig(), out);
+    case 'agents':
+      return agentsCommand(loadConfig(), rest, out);
+    case 'keys':
+      return keysCommand(loadConfig(), rest, out);
+    case 'help':
+    case '--help':
+    case '-h':
+      out(USAGE);
+      return 0;
+    default:
+      throw new UsageError(`unknown command '${command}'`);
+  }
+}
+
+async function serve(config: Config): Promise<Server> {
+  const log = createLogger(config.logLevel);
+  const deputy = await createDeputy(config, log);
+
+  if (deputy.devIdp) {
+    log.warn(
+      { event: 'dev_idp' },
+      `development sign-in is on at ${deputy.upstream.issuer}: any email signs in as verified. ` +
+        'Set DEPUTY_UPSTREAM_ISSUER for real use; NODE_ENV=production refuses this.',
+    );
+  }
+
+  const server = createServer(deputy.app.callback());
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => {
+      deputy.close();
+      if (error.code === 'EADDRINUSE') reject(new ConfigError(`PORT ${config.port} is already in use`));
+      else if (error.code === 'EACCES') reject(new ConfigError(`PORT ${config.port} needs privileges Deputy does not have`));
+      else reject(error);
+    });
+    server.listen(config.port, config.host, resolve);
+  });
+
+  log.info({ event: 'listening', issuer: config.issuer, port: config.port }, `Deputy is running at ${config.issuer}`);
+
+  const stop = (signal: string) => {
+    log.info({ event: 'stopping', signal }, 'stopping');
+    server.close(() => {
+      deputy.close();
+      process.exit(0);
+    });
+    server.closeIdleConnections();
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  return server;
+}
+
+function withStore<T>(config: Config, fn: (store: Store) => T): T {
+  const connection = openDatabase(config.dbPath);
+  try {
+    migrateDatabase(connection);
+    return fn(new Store(connection.db));
+  } finally {
+    connection.close();
+  }
+}
+
+function migrateCommand(config: Config, out: Output): number {
+  withStore(config, () => undefined);
+  out(`Database ${config.dbPath} is up to date.`);
+  return 0;
+}
+
+async function agentsCommand(config: Config, argv: string[], out: Output): Promise<number> {
+  const [sub, ...rest] = argv;
+
+  switch (sub) {
+    case 'add': {
+      const { values, positionals } = parse(rest, {
+        name: { type: 'string' },
+        'logo-uri': { type: 'string' },
+        'redirect-uri': { type: 'string', multiple: true },
+        jwks: { type: 'string' },
+        'jwks-uri': { type: 'string' },
+        json: { type: 'boolean' },
+      });
+      if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+      if (values.name === undefined) throw new UsageError('agents add needs --name');
+
+      const jwks = values.jwks === undefined ? undefined : readJwksFile(values.jwks);
+      const connection = openDatabase(config.dbPath);
+      try {
+        migrateDatabase(connection);
+        const { agent, clientSecret } = await registerAgent(new Store(connection.db), {
+          name: values.name,
+          logoUri: values['logo-uri'],
+          redirectUris: values['redirect-uri'] ?? [],
+          jwks,
+          jwksUri: values['jwks-uri'],
+        });
+
+        if (values.json) {
+          out(JSON.stringify({ ...describeAgent(agent), ...(clientSecret ? { client_secret: clientSecret } : {}) }));
+          return 0;
+        }
+
+        out(`Registered agent '${agent.name}'.`);
+        out(`  client_id:     ${agent.clientId}`);
+        if (clientSecret !== undefined) {
+          out(`  client_secret: ${clientSecret}`);
+          out('');
+          out('The secret is shown only now; Deputy keeps only its hash. Store it with the agent.');
+        } else {
+          out(`  auth method:   private_key_jwt (${agent.jwksUri ?? 'keys given with --jwks'})`);
+        }
+        return 0;
+      } finally {
+        connection.close();
+      }
+    }
+
+    case 'list': {
+      const { values } = parse(rest, { json: { type: 'boolean' } });
+      const agents = withStore(config, (store) => store.listAgents());
+      if (values.json) {
+        out(JSON.stringify(agents.map(describeAgent)));
+        return 0;
+      }
+      if (agents.length === 0) {
+        out('No agents registered. Add one with: deputy agents add --name NAME');
+        return 0;
+      }
+      for (const agent of agents) {
+        out(`${agent.clientId}  ${agent.tokenEndpointAuthMethod.padEnd(19)}  ${agent.name}`);
+      }
+      return 0;
+    }
+
+    case 'show': {
+      const { values, positionals } = parse(rest, { json: { type: 'boolean' } });
+      const clientId = onePositional(positionals, 'agents show needs a CLIENT_ID');
+      const agent = withStore(config, (store) => store.findAgent(clientId));
+      if (agent === undefined) throw new UsageError(`no agent with client id '${clientId}'`);
+      const described = describeAgent(agent);
+      if (values.json) {
+        out(JSON.stringify(described));
+        return 0;
+      }
+      for (const [key, value] of Object.entries(described)) {
+        out(`${key.padEnd(27)} ${typeof value === 'string' ? value : JSON.stringify(value)}`);
+      }
+      return 0;
+    }
+
+    case 'remove': {
+      const { positionals } = parse(rest, {});
+      const clientId = onePositional(positionals, 'agents remove needs a CLIENT_ID');
+      const removed = withStore(config, (store) => store.deleteAgent(clientId));
+      if (!removed) throw new UsageError(`no agent with client id '${clientId}'`);
+      out(`Removed agent ${clientId}.`);
+      return 0;
+    }
+
+    default:
+      throw new UsageError(sub === undefined ? 'agents needs a subcommand' : `unknown agents subcommand '${sub}'`);
+  }
+}
+
+function keysCommand(config: Config, argv: string[], out: Output): number {
+  const [sub, ...rest] = argv;
+  if (sub !== 'list') {
+    throw new UsageError(sub === undefined ? 'keys needs a subcommand' : `unknown keys subcommand '${sub}'`);
+  }
+
+  const { values } = parse(rest, { json: { type: 'boolean' } });
+  const now = Math.floor(Date.now() / 1000);
+  const rows = withStore(config, (store) => store.allSigningKeys()).map((row) => ({
+    kid: row.kid,
+    alg: row.alg,
+    state:
+      row.removeAfter !== null && row.removeAfter <= now
+        ? 'removed'
+        : row.retiredAt !== null
+          ? 'retired'
+          : row.activatesAt > now
+            ? 'next'
+            : 'active',
+    created: iso(row.createdAt),
+    activates: iso(row.activatesAt),
+    retired: row.retiredAt === null ? null : iso(row.retiredAt),
+  }));
+
+  if (values.json) {
+    out(JSON.stringify(rows));
+    return 0;
+  }
+  if (rows.length === 0) out('No signing keys yet; the first start of the server creates one.');
+  for (const row of rows) out(`${row.kid}  ${row.alg}  ${row.state.padEnd(7)}  created ${row.created}`);
+  return 0;
+}
+
+function iso(seconds: number): string {
+  return new Date(seconds * 1000).toISOString();
+}
+
+function describeAgent(agent: Agent) {
+  return {
+    client_id: agent.clientId,
+    client_name: agent.name,
+    logo_uri: agent.logoUri,
+    redirect_uris: agent.redirectUris,
+    token_endpoint_auth_method: agent.tokenEndpointAuthMethod,
+    jwks_uri: agent.jwksUri,
+    jwks: agent.jwks,
+    created_at: iso(agent.createdAt),
+  };
+}
+
+type Options = Parameters<typeof parseArgs>[0] extends infer P
+  ? P extends { options?: infer O }
+    ? NonNullable<O>
+    : never
+  : never;
+
+function parse<O extends Options>(args: string[], options: O) {
+  try {
+    return parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
+
+function onePositional(positionals: string[], message: string): string {
+  const [first, ...extra] = positionals;
+  if (first === undefined) throw new UsageError(message);
+  if (extra.length > 0) throw new UsageError(`unexpected argument '${extra[0]}'`);
+  return first;
+}
+
+function readJwksFile(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new UsageError(`--jwks: cannot read '${path}': ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new UsageError(`--jwks: '${path}' is not JSON`);
+  }
+}
+
+/** Prints known mistakes as one line (configuration) or with the usage (arguments). */
+function report(error: unknown): number {
+  if (error instanceof UsageError) {
+    console.error(`deputy: ${error.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (error instanceof ConfigError || error instanceof KeyDecryptionError) {
+    console.error(`deputy: ${error.message}`);
+    return 1;
+  }
+  console.error(error);
+  return 1;
+}
+
+run(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.exitCode = report(error);
+  },
+);

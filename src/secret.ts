@@ -1,0 +1,53 @@
+/**
+ * DEPUTY_SECRET and the keys derived from it. In development, when the variable is unset, a
+ * random secret is generated once and kept beside the database (mode 0600), so a restart
+ * decrypts the same signing keys and honours the same cookies.
+ */
+import { hkdfSync, randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { ConfigError, type Config } from './config.ts';
+
+export interface Secrets {
+  /** 256-bit key that encrypts private signing keys at rest. */
+  keyEncryptionKey: Uint8Array;
+  /** Keys for signed cookies (koa's keygrip). */
+  cookieKeys: string[];
+  /** Client secret Deputy uses at its own development provider. */
+  devIdpClientSecret: string;
+}
+
+export function secretFilePath(dbPath: string): string {
+  return join(dirname(resolve(dbPath)), 'deputy.secret');
+}
+
+/** The configured secret, or the development one beside the database (created if missing). */
+export function resolveSecret(config: Config): { secret: string; generated: boolean; file?: string } {
+  if (config.secret !== undefined) return { secret: config.secret, generated: false };
+
+  const file = secretFilePath(config.dbPath);
+  if (existsSync(file)) {
+    const secret = readFileSync(file, 'utf8').trim();
+    if (secret.length < 32) {
+      throw new ConfigError(`${file} holds a secret shorter than 32 characters; delete it or set DEPUTY_SECRET`);
+    }
+    return { secret, generated: false, file };
+  }
+
+  mkdirSync(dirname(file), { recursive: true });
+  const secret = randomBytes(32).toString('base64url');
+  writeFileSync(file, `${secret}\n`, { mode: 0o600, flag: 'wx' });
+  return { secret, generated: true, file };
+}
+
+export function deriveSecrets(secret: string): Secrets {
+  const derive = (info: string) =>
+    new Uint8Array(hkdfSync('sha256', secret, 'deputy', info, 32));
+
+  return {
+    keyEncryptionKey: derive('signing-key-encryption'),
+    cookieKeys: [Buffer.from(derive('cookie-signing')).toString('base64url')],
+    devIdpClientSecret: Buffer.from(derive('dev-idp-client-secret')).toString('base64url'),
+  };
+}
