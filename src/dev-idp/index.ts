@@ -49,7 +49,8 @@ export async function createDevIdp(options: Options): Promise<DevIdp> {
     ],
     jwks: { keys: [{ ...(await exportJWK(privateKey)), alg: 'ES256', use: 'sig' }] },
     claims: {
-      openid: ['sub'],
+      // amr and acr are masked out of ID tokens unless a scope names them.
+      openid: ['sub', 'acr', 'amr', 'auth_time'],
       email: ['email', 'email_verified'],
       profile: ['name'],
     },
@@ -63,6 +64,14 @@ export async function createDevIdp(options: Options): Promise<DevIdp> {
       },
     },
     features: { devInteractions: { enabled: false } },
+    ttl: {
+      AccessToken: 300,
+      AuthorizationCode: 60,
+      Grant: 8 * 3600,
+      IdToken: 300,
+      Interaction: 600,
+      Session: 8 * 3600,
+    },
     interactions: { url: (_ctx, interaction) => `${DEV_IDP_PATH}/interaction/${interaction.uid}` },
     findAccount: (_ctx, id) => ({
       accountId: id,

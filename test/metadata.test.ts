@@ -1,0 +1,130 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
+import { calculateJwkThumbprint, importJWK, type JWK } from 'jose';
+import { startDeputy, tempDir, type RunningDeputy } from './helpers/deputy.ts';
+
+describe('published keys and metadata', () => {
+  const dir = tempDir();
+  let deputy: RunningDeputy;
+
+  before(async () => {
+    deputy = await startDeputy({ dbPath: `${dir.path}/deputy.db`, env: { DEPUTY_SECRET: 'x'.repeat(40) } });
+  });
+
+  after(async () => {
+    await deputy.stop();
+    dir.remove();
+  });
+
+  test('serves the JWKS with public ES256 keys whose kid is their RFC 7638 thumbprint', async () => {
+    const response = await fetch(`${deputy.url}/.well-known/jwks.json`);
+    assert.equal(response.status, 200);
+    assert.equal(response.headers.get('cache-control'), 'public, max-age=300');
+    assert.match(response.headers.get('content-type') ?? '', /^application\/jwk-set\+json/);
+
+    const { keys } = (await response.json()) as { keys: JWK[] };
+    assert.equal(keys.length, 1);
+    for (const jwk of keys) {
+      assert.deepEqual(Object.keys(jwk).sort(), ['alg', 'crv', 'kid', 'kty', 'use', 'x', 'y']);
+      assert.equal(jwk.alg, 'ES256');
+      assert.equal(jwk.use, 'sig');
+      assert.equal(jwk.kid, await calculateJwkThumbprint(jwk, 'sha256'));
+      const key = await importJWK(jwk, 'ES256');
+      assert.equal((key as CryptoKey).type, 'public');
+    }
+  });
+
+  test('serves the same authorization server metadata under both well-known names', async () => {
+    for (const path of ['/.well-known/oauth-authorization-server', '/.well-known/openid-configuration']) {
+      const response = await fetch(`${deputy.url}${path}`);
+      assert.equal(response.status, 200, path);
+      assert.match(response.headers.get('content-type') ?? '', /^application\/json/);
+      const metadata = (await response.json()) as Record<string, unknown>;
+      assert.equal(metadata.issuer, deputy.url);
+      assert.equal(metadata.jwks_uri, `${deputy.url}/.well-known/jwks.json`);
+      assert.deepEqual(metadata.identity_chaining_requested_token_types_supported, [
+        'urn:ietf:params:oauth:token-type:id-jag',
+      ]);
+    }
+  });
+
+  test('serves the provider metadata document that names itself as client_id', async () => {
+    const response = await fetch(`${deputy.url}/agent-auth.json`);
+    assert.equal(response.status, 200);
+    const document = (await response.json()) as Record<string, unknown>;
+    assert.equal(document.client_id, `${deputy.url}/agent-auth.json`);
+    assert.equal(document.jwks_uri, `${deputy.url}/.well-known/jwks.json`);
+    assert.equal(document.token_endpoint_auth_method, 'private_key_jwt');
+    assert.equal(document.client_name, 'Deputy');
+    assert.deepEqual(document.authorization_grant_profiles_supported, ['urn:ietf:params:oauth:grant-profile:id-jag']);
+  });
+
+  test('stores the private key only encrypted', () => {
+    const db = new Database(deputy.dbPath, { readonly: true });
+    const rows = db.prepare('select kid, public_jwk, private_jwe from signing_keys').all() as {
+      kid: string;
+      public_jwk: string;
+      private_jwe: string;
+    }[];
+    db.close();
+
+    assert.equal(rows.length, 1);
+    const [row] = rows;
+    assert.ok(row);
+    assert.equal(JSON.parse(row.public_jwk).d, undefined);
+    const [header] = row.private_jwe.split('.');
+    assert.deepEqual(JSON.parse(Buffer.from(header as string, 'base64url').toString()), {
+      alg: 'dir',
+      enc: 'A256GCM',
+      kid: row.kid,
+    });
+    assert.doesNotMatch(row.private_jwe, /"d"/);
+  });
+
+  test('answers an unknown path with a 404 page', async () => {
+    const response = await fetch(`${deputy.url}/no/such/page`);
+    assert.equal(response.status, 404);
+    assert.match(await response.text(), /There is no page at this address/);
+  });
+});
+
+describe('signing keys and DEPUTY_SECRET', () => {
+  test('refuses to start with a secret that cannot decrypt the stored key', async () => {
+    const dir = tempDir();
+    const dbPath = `${dir.path}/deputy.db`;
+    try {
+      const first = await startDeputy({ dbPath, env: { DEPUTY_SECRET: 'a'.repeat(40) } });
+      await first.stop();
+      await assert.rejects(
+        startDeputy({ dbPath, env: { DEPUTY_SECRET: 'b'.repeat(40) } }),
+        (error: Error) => {
+          assert.equal(error.name, 'KeyDecryptionError');
+          assert.match(error.message, /cannot be decrypted with this DEPUTY_SECRET/);
+          return true;
+        },
+      );
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test('generates a development secret beside the database, readable only by its owner', async () => {
+    const dir = tempDir();
+    const dbPath = `${dir.path}/deputy.db`;
+    try {
+      const first = await startDeputy({ dbPath });
+      const kid = first.deputy.keys.active().kid;
+      await first.stop();
+
+      const { statSync } = await import('node:fs');
+      assert.equal(statSync(`${dir.path}/deputy.secret`).mode & 0o777, 0o600);
+
+      const second = await startDeputy({ dbPath });
+      assert.equal(second.deputy.keys.active().kid, kid);
+      await second.stop();
+    } finally {
+      dir.remove();
+    }
+  });
+});
