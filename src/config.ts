@@ -193,11 +193,13 @@ function parseUpstream(env: Env, production: boolean): UpstreamConfig | null {
         `DEPUTY_UPSTREAM_ISSUER must be https (set DEPUTY_UPSTREAM_ALLOW_HTTP=true for a local test provider), got '${issuer}'`,
       );
     }
-    if (production) {
-      throw new ConfigError('DEPUTY_UPSTREAM_ALLOW_HTTP is refused when NODE_ENV=production');
-    }
   } else if (url.protocol !== 'https:') {
     throw new ConfigError(`DEPUTY_UPSTREAM_ISSUER must be an absolute https URL, got '${issuer}'`);
+  }
+
+  // Also with an https issuer: the flag lets every upstream request (token, userinfo) use http.
+  if (allowHttp && production) {
+    throw new ConfigError('DEPUTY_UPSTREAM_ALLOW_HTTP is refused when NODE_ENV=production');
   }
 
   if (clientId === undefined) {

@@ -5,7 +5,6 @@
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
-import { createDeputy } from './app.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { migrateDatabase, openDatabase } from './db/index.ts';
 import { Store, type Agent } from './db/store.ts';
@@ -56,6 +55,8 @@ async function run(argv: string[], out: Output = console.log): Promise<number> {
 
 async function serve(config: Config): Promise<Server> {
   const log = createLogger(config.logLevel);
+  // Loaded here so the other commands do not load oidc-provider (and its Node 20 warning).
+  const { createDeputy } = await import('./app.ts');
   const deputy = await createDeputy(config, log);
 
   if (deputy.devIdp) {

@@ -96,7 +96,7 @@ function sha256Hex(value: string): string {
   return createHash('sha256').update(value).digest('hex');
 }
 
-async function writeJwks(jwk: Record<string, unknown>): Promise<string> {
+function writeJwks(jwk: Record<string, unknown>): string {
   const file = join(tempDir(), 'jwks.json');
   writeFileSync(file, JSON.stringify({ keys: [jwk] }));
   return file;
@@ -118,6 +118,16 @@ describe('deputy agents add with a client secret', () => {
     assert.ok((registered.client_secret ?? '').length >= 43, `secret too short: ${registered.client_secret}`);
   });
 
+  test('writes the secret itself nowhere in the database files', () => {
+    const secret = registered.client_secret ?? '';
+    assert.notEqual(secret, '');
+    const files = [dbPath, `${dbPath}-wal`].filter((file) => existsSync(file));
+    assert.ok(files.includes(dbPath));
+    for (const file of files) {
+      assert.equal(readFileSync(file).includes(secret), false, `the client secret is in ${file}`);
+    }
+  });
+
   test('stores the SHA-256 of the secret', () => {
     const db = new Database(dbPath, { readonly: true });
     try {
@@ -127,16 +137,6 @@ describe('deputy agents add with a client secret', () => {
       assert.deepEqual(row, { secret_hash: sha256Hex(registered.client_secret ?? '') });
     } finally {
       db.close();
-    }
-  });
-
-  test('writes the secret itself nowhere in the database files', () => {
-    const secret = registered.client_secret ?? '';
-    assert.notEqual(secret, '');
-    const files = [dbPath, `${dbPath}-wal`].filter((file) => existsSync(file));
-    assert.ok(files.includes(dbPath));
-    for (const file of files) {
-      assert.equal(readFileSync(file).includes(secret), false, `the client secret is in ${file}`);
     }
   });
 
@@ -193,7 +193,7 @@ describe('deputy agents add with keys', () => {
     const { publicKey } = await generateKeyPair('ES256');
     const jwk = await exportJWK(publicKey);
     const agent = parseJson<AgentJson>(
-      await run('agents', 'add', '--name', 'Keyed Bot', '--jwks', await writeJwks({ ...jwk }), '--json'),
+      await run('agents', 'add', '--name', 'Keyed Bot', '--jwks', writeJwks({ ...jwk }), '--json'),
     );
     assert.equal(agent.token_endpoint_auth_method, 'private_key_jwt');
     assert.equal('client_secret' in agent, false);
@@ -205,7 +205,7 @@ describe('deputy agents add with keys', () => {
     const { privateKey } = await generateKeyPair('ES256', { extractable: true });
     const jwk = await exportJWK(privateKey);
     assert.ok('d' in jwk);
-    const file = await writeJwks({ ...jwk });
+    const file = writeJwks({ ...jwk });
     assertRefused(
       await run('agents', 'add', '--name', 'Leaky Bot', '--jwks', file),
       '--jwks key 0 contains private or symmetric key material',
@@ -224,7 +224,7 @@ describe('deputy agents add with keys', () => {
 
   test('refuses --jwks and --jwks-uri together', async () => {
     const { publicKey } = await generateKeyPair('ES256');
-    const file = await writeJwks({ ...(await exportJWK(publicKey)) });
+    const file = writeJwks({ ...(await exportJWK(publicKey)) });
     assertRefused(
       await run('agents', 'add', '--name', 'Both Bot', '--jwks', file, '--jwks-uri', 'https://agent.example/jwks.json'),
       'give either --jwks or --jwks-uri, not both',

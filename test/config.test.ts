@@ -190,4 +190,20 @@ describe('loadConfig', () => {
   test('refuses a DEPUTY_ID_JAG_TTL of 0', () => {
     assert.throws(() => loadConfig({ DEPUTY_ID_JAG_TTL: '0' }), ConfigError);
   });
+
+  test('refuses DEPUTY_UPSTREAM_ALLOW_HTTP in production, even with an https upstream', () => {
+    const production: Env = {
+      NODE_ENV: 'production',
+      DEPUTY_ISSUER: 'https://deputy.example',
+      DEPUTY_SECRET: SECRET_40,
+      DEPUTY_UPSTREAM_ISSUER: 'https://idp.example',
+      DEPUTY_UPSTREAM_CLIENT_ID: 'deputy',
+      DEPUTY_UPSTREAM_CLIENT_SECRET: 'upstream-secret',
+    };
+    assert.equal(loadConfig(production).upstream?.allowHttp, false);
+    assert.throws(() => loadConfig({ ...production, DEPUTY_UPSTREAM_ALLOW_HTTP: 'true' }), {
+      name: 'ConfigError',
+      message: /^DEPUTY_UPSTREAM_ALLOW_HTTP is refused when NODE_ENV=production/,
+    });
+  });
 });
