@@ -18,13 +18,21 @@ import { metadataRoutes } from './keys/routes.ts';
 import { deriveSecrets, resolveSecret } from './secret.ts';
 import { UpstreamClient } from './upstream/client.ts';
 import { loginRoutes } from './upstream/routes.ts';
+import { DelegationStore } from './db/delegations.ts';
+import { purgeExpiredModels } from './db/oidc-adapter.ts';
+import { interactionRoutes } from './oauth/interactions.ts';
+import { createAuthorizationServer } from './oauth/provider.ts';
+import { registerTokenExchange } from './oauth/token-exchange.ts';
+import { ServiceDirectory } from './services/directory.ts';
 import { PageError } from './web/errors.ts';
+import { pageRoutes, RedirectDone } from './web/pages.ts';
 import { Sessions, type WebState } from './web/session.ts';
 import { createViews, type Views } from './web/views.ts';
 
 export interface Deputy {
   app: Koa;
   store: Store;
+  delegations: DelegationStore;
   keys: KeyStore;
   upstream: UpstreamClient;
   devIdp: boolean;
@@ -32,6 +40,7 @@ export interface Deputy {
 }
 
 const PURGE_INTERVAL_MS = 10 * 60 * 1000;
+const SERVICE_FETCH_TIMEOUT_MS = 5000;
 const STYLESHEET = readFileSync(
   join(dirname(fileURLToPath(import.meta.url)), 'web/static/deputy.css'),
   'utf8',
@@ -101,41 +110,56 @@ async function assemble(
   app.use(sessions.middleware());
 
   const router = new Router();
-  router.get('/', function home(ctx) {
-    const state = ctx.state as WebState;
-    ctx.type = 'html';
-    ctx.body = views.render('home', {
-      user: state.user,
-      csrf: state.csrf,
-      upstreamIssuer: upstream.issuer,
-    });
-  });
   router.get('/static/deputy.css', function stylesheet(ctx) {
     ctx.set('Cache-Control', 'public, max-age=3600');
     ctx.type = 'text/css';
     ctx.body = STYLESHEET;
   });
 
+  const delegations = new DelegationStore(connection.db);
+  const directory = new ServiceDirectory(delegations, {
+    allowLoopback: config.allowLoopbackServices,
+    timeoutMs: SERVICE_FETCH_TIMEOUT_MS,
+  });
+  const { provider, middleware: authorizationServer } = createAuthorizationServer({
+    config,
+    store,
+    delegations,
+    keys,
+    views,
+    cookieKeys: secrets.cookieKeys,
+  });
+  registerTokenExchange(provider, { config, store, delegations, keys, log });
+
   for (const routes of [
     router,
     metadataRoutes(config.issuer, keys),
     loginRoutes({ issuer: config.issuer, upstream, store, sessions, views, log }),
+    interactionRoutes({ provider, store, delegations, directory, sessions, views, log }),
+    pageRoutes({ store, delegations, directory, sessions, views, log, upstreamIssuer: upstream.issuer }),
   ]) {
     app.use(routes.routes());
     app.use(routes.allowedMethods());
   }
+  app.use(authorizationServer);
 
   app.use(function notFound() {
     throw new PageError(404, 'Not found', 'There is no page at this address.');
   });
 
-  store.purgeExpired();
-  const purge = setInterval(() => store.purgeExpired(), PURGE_INTERVAL_MS);
+  const purgeExpired = () => {
+    store.purgeExpired();
+    delegations.purgeExpired();
+    purgeExpiredModels(connection.db);
+  };
+  purgeExpired();
+  const purge = setInterval(purgeExpired, PURGE_INTERVAL_MS);
   purge.unref();
 
   return {
     app,
     store,
+    delegations,
     keys,
     upstream,
     devIdp,
@@ -152,6 +176,7 @@ function errorPages(views: Views, log: Logger): Koa.Middleware {
     try {
       await next();
     } catch (error) {
+      if (error instanceof RedirectDone) return;
       const state = ctx.state as Partial<WebState>;
       let status = 500;
       let title = 'Something went wrong';

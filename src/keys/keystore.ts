@@ -21,6 +21,8 @@ export interface ActiveKey {
   kid: string;
   alg: SigningAlg;
   key: CryptoKey;
+  /** The private JWK, in memory only: oidc-provider signs ID tokens with it. */
+  jwk: JWK;
 }
 
 /** Public JWK members per key type: everything else (notably `d`, `p`, `q`) stays private. */
@@ -91,7 +93,7 @@ export class KeyStore {
     if (this.#active?.kid === row.kid) return;
     const jwk = await this.#decrypt(row);
     const key = (await importJWK(jwk, row.alg)) as CryptoKey;
-    this.#active = { kid: row.kid, alg: row.alg as SigningAlg, key };
+    this.#active = { kid: row.kid, alg: row.alg as SigningAlg, key, jwk: { ...jwk, kid: row.kid, alg: row.alg, use: 'sig' } };
   }
 
   async #generate(alg: SigningAlg): Promise<SigningKeyRow> {

@@ -1,9 +1,8 @@
 /**
- * Published metadata: the JWKS (SPEC 5.1), the authorization server metadata under both
- * well-known names (SPEC 9), and Deputy's provider metadata document (SPEC 2.5).
+ * Published metadata: the JWKS (SPEC 5.1) and Deputy's provider metadata document (SPEC 2.5).
+ * The authorization server metadata is oidc-provider's discovery (oauth/provider.ts).
  */
 import Router from '@koa/router';
-import type { Context } from 'koa';
 import type { KeyStore } from './keystore.ts';
 
 /** Services may cache the JWKS this long; key rotation waits at least as long (SPEC 5.3). */
@@ -31,18 +30,6 @@ export function metadataRoutes(issuer: string, keys: KeyStore): Router {
     ctx.type = 'application/jwk-set+json';
     ctx.body = keys.jwks();
   });
-
-  const serverMetadata = function serverMetadata(ctx: Context) {
-    ctx.set('Cache-Control', 'public, max-age=300');
-    ctx.set('Access-Control-Allow-Origin', '*');
-    ctx.body = {
-      issuer,
-      jwks_uri: jwksUrl(issuer),
-      identity_chaining_requested_token_types_supported: [ID_JAG_TOKEN_TYPE],
-    };
-  };
-  router.get('/.well-known/oauth-authorization-server', serverMetadata);
-  router.get('/.well-known/openid-configuration', serverMetadata);
 
   router.get('/agent-auth.json', function providerMetadata(ctx) {
     ctx.set('Cache-Control', 'public, max-age=300');

@@ -1,0 +1,399 @@
+/**
+ * Connections, delegations, consent requests, the assertion audit trail and the service cache:
+ * the records the mint reads and the web pages change. Read-then-write decisions run in
+ * immediate transactions so that several processes on one database agree.
+ */
+import { and, desc, eq, gt, inArray, isNull, lte, or, sql } from 'drizzle-orm';
+import type { Db } from './index.ts';
+import {
+  agents,
+  agentServiceClientIds,
+  assertions,
+  clientAssertionJtis,
+  connections,
+  consentRequests,
+  delegations,
+  oidcModels,
+  services,
+  type DelegationMode,
+} from './schema.ts';
+import { epoch, newId } from './store.ts';
+
+export type Delegation = typeof delegations.$inferSelect;
+export type ConsentRequest = typeof consentRequests.$inferSelect;
+export type Assertion = typeof assertions.$inferSelect;
+export type Connection = typeof connections.$inferSelect;
+
+export interface NewDelegation {
+  userId: string;
+  agentClientId: string;
+  audience: string;
+  resources: string[];
+  scope: string;
+  mode: DelegationMode;
+  expiresAt: number | null;
+  serviceName: string | null;
+  serviceLogoUri: string | null;
+  serviceAgentAuth: Record<string, unknown> | null;
+}
+
+export interface ConnectedAgent {
+  clientId: string;
+  name: string;
+  logoUri: string | null;
+  scope: string;
+  connectedAt: number;
+}
+
+/** What one mint needs to record, decided before the delegation is touched. */
+export interface AssertionRecord {
+  jti: string;
+  userId: string;
+  agentClientId: string;
+  audience: string;
+  resources: string[];
+  scope: string;
+  kid: string;
+  issuedAt: number;
+  expiresAt: number;
+}
+
+export class DelegationStore {
+  readonly #db: Db;
+  readonly #activeDelegation;
+
+  constructor(db: Db) {
+    this.#db = db;
+    this.#activeDelegation = db
+      .select()
+      .from(delegations)
+      .where(
+        and(
+          eq(delegations.userId, sql.placeholder('userId')),
+          eq(delegations.agentClientId, sql.placeholder('agentClientId')),
+          eq(delegations.audience, sql.placeholder('audience')),
+          isNull(delegations.revokedAt),
+          isNull(delegations.consumedAt),
+          or(isNull(delegations.expiresAt), gt(delegations.expiresAt, sql.placeholder('now'))),
+        ),
+      )
+      .orderBy(desc(delegations.createdAt))
+      .limit(1)
+      .prepare();
+  }
+
+  // Connections
+
+  recordConnection(userId: string, agentClientId: string, grantId: string, scope: string): void {
+    const now = epoch();
+    const existing = this.#db
+      .select({ id: connections.id })
+      .from(connections)
+      .where(and(eq(connections.grantId, grantId), isNull(connections.disconnectedAt)))
+      .get();
+
+    if (existing !== undefined) {
+      this.#db
+        .update(connections)
+        .set({ scope, lastConnectedAt: now })
+        .where(eq(connections.id, existing.id))
+        .run();
+      return;
+    }
+
+    this.#db
+      .insert(connections)
+      .values({ id: newId('con'), userId, agentClientId, grantId, scope, createdAt: now, lastConnectedAt: now })
+      .run();
+  }
+
+  isConnected(userId: string, agentClientId: string): boolean {
+    const row = this.#db
+      .select({ id: connections.id })
+      .from(connections)
+      .where(
+        and(
+          eq(connections.userId, userId),
+          eq(connections.agentClientId, agentClientId),
+          isNull(connections.disconnectedAt),
+        ),
+      )
+      .limit(1)
+      .get();
+    return row !== undefined;
+  }
+
+  connectedAgents(userId: string): ConnectedAgent[] {
+    const rows = this.#db
+      .select({
+        clientId: agents.clientId,
+        name: agents.name,
+        logoUri: agents.logoUri,
+        scope: connections.scope,
+        connectedAt: connections.lastConnectedAt,
+      })
+      .from(connections)
+      .innerJoin(agents, eq(agents.clientId, connections.agentClientId))
+      .where(and(eq(connections.userId, userId), isNull(connections.disconnectedAt)))
+      .orderBy(desc(connections.lastConnectedAt))
+      .all();
+
+    const seen = new Set<string>();
+    return rows.filter((row) => !seen.has(row.clientId) && seen.add(row.clientId));
+  }
+
+  /**
+   * Ends every connection between the user and the agent: its grants and the tokens issued
+   * under them are deleted and its delegations revoked, in one transaction.
+   */
+  disconnect(userId: string, agentClientId: string): { revokedDelegations: string[] } {
+    return this.#db.transaction(
+      (tx) => {
+        const now = epoch();
+        const ended = tx
+          .update(connections)
+          .set({ disconnectedAt: now })
+          .where(
+            and(
+              eq(connections.userId, userId),
+              eq(connections.agentClientId, agentClientId),
+              isNull(connections.disconnectedAt),
+            ),
+          )
+          .returning({ grantId: connections.grantId })
+          .all();
+
+        const grantIds = ended.map((c) => c.grantId).filter((g): g is string => g !== null);
+        if (grantIds.length > 0) {
+          tx.delete(oidcModels).where(inArray(oidcModels.grantId, grantIds)).run();
+          tx.delete(oidcModels)
+            .where(and(eq(oidcModels.model, 'Grant'), inArray(oidcModels.id, grantIds)))
+            .run();
+        }
+
+        const revoked = tx
+          .update(delegations)
+          .set({ revokedAt: now })
+          .where(
+            and(
+              eq(delegations.userId, userId),
+              eq(delegations.agentClientId, agentClientId),
+              isNull(delegations.revokedAt),
+            ),
+          )
+          .returning({ id: delegations.id })
+          .all();
+
+        return { revokedDelegations: revoked.map((d) => d.id) };
+      },
+      { behavior: 'immediate' },
+    );
+  }
+
+  // Delegations
+
+  createDelegation(input: NewDelegation): Delegation {
+    return this.#db
+      .insert(delegations)
+      .values({ id: newId('dlg'), ...input, createdAt: epoch() })
+      .returning()
+      .get();
+  }
+
+  findDelegation(id: string): Delegation | undefined {
+    return this.#db.select().from(delegations).where(eq(delegations.id, id)).get();
+  }
+
+  /** The delegation a mint for (user, agent, audience) would use now, if any. */
+  activeDelegation(userId: string, agentClientId: string, audience: string): Delegation | undefined {
+    return this.#activeDelegation.get({ userId, agentClientId, audience, now: epoch() });
+  }
+
+  /**
+   * Uses the delegation for one assertion and records it, atomically: a `once` delegation is
+   * consumed by exactly one caller however many race for it (DESIGN 2.4 step 6). Returns false
+   * when the delegation is no longer usable.
+   */
+  useDelegation(delegation: Delegation, record: AssertionRecord): boolean {
+    return this.#db.transaction(
+      (tx) => {
+        const now = record.issuedAt;
+        const usable = and(
+          eq(delegations.id, delegation.id),
+          isNull(delegations.revokedAt),
+          isNull(delegations.consumedAt),
+          or(isNull(delegations.expiresAt), gt(delegations.expiresAt, now)),
+        );
+        const changes = tx
+          .update(delegations)
+          .set({
+            uses: sql`${delegations.uses} + 1`,
+            lastUsedAt: now,
+            ...(delegation.mode === 'once' ? { consumedAt: now } : {}),
+          })
+          .where(usable)
+          .run().changes;
+
+        if (changes !== 1) return false;
+        tx.insert(assertions).values({ ...record, delegationId: delegation.id }).run();
+        return true;
+      },
+      { behavior: 'immediate' },
+    );
+  }
+
+  /** Revokes one of the user's delegations; false if it was not theirs or already revoked. */
+  revokeDelegation(userId: string, id: string): boolean {
+    return (
+      this.#db
+        .update(delegations)
+        .set({ revokedAt: epoch() })
+        .where(and(eq(delegations.id, id), eq(delegations.userId, userId), isNull(delegations.revokedAt)))
+        .run().changes === 1
+    );
+  }
+
+  /** The user's delegations, newest first, with the agent's name. */
+  delegationsOf(userId: string): (Delegation & { agentName: string })[] {
+    return this.#db
+      .select({ delegation: delegations, agentName: agents.name })
+      .from(delegations)
+      .innerJoin(agents, eq(agents.clientId, delegations.agentClientId))
+      .where(eq(delegations.userId, userId))
+      .orderBy(desc(delegations.createdAt))
+      .all()
+      .map((row) => ({ ...row.delegation, agentName: row.agentName }));
+  }
+
+  assertionsOf(delegationId: string, limit: number, offset: number): Assertion[] {
+    return this.#db
+      .select()
+      .from(assertions)
+      .where(eq(assertions.delegationId, delegationId))
+      .orderBy(desc(assertions.issuedAt), desc(assertions.jti))
+      .limit(limit)
+      .offset(offset)
+      .all();
+  }
+
+  // Consent requests
+
+  createConsentRequest(
+    input: Pick<ConsentRequest, 'userId' | 'agentClientId' | 'audience' | 'resources' | 'scope'>,
+    ttlSeconds: number,
+  ): ConsentRequest {
+    const now = epoch();
+    return this.#db
+      .insert(consentRequests)
+      .values({ id: newId('cns'), ...input, createdAt: now, expiresAt: now + ttlSeconds })
+      .returning()
+      .get();
+  }
+
+  findConsentRequest(id: string): ConsentRequest | undefined {
+    return this.#db.select().from(consentRequests).where(eq(consentRequests.id, id)).get();
+  }
+
+  /**
+   * Records the person's answer, once: approving creates the delegation in the same
+   * transaction. Returns undefined if the request was already answered or has expired.
+   */
+  answerConsentRequest(
+    id: string,
+    outcome: 'approved' | 'denied',
+    delegation: NewDelegation | null,
+  ): { request: ConsentRequest; delegation: Delegation | null } | undefined {
+    return this.#db.transaction(
+      (tx) => {
+        const now = epoch();
+        const open = tx
+          .select({ id: consentRequests.id })
+          .from(consentRequests)
+          .where(
+            and(eq(consentRequests.id, id), isNull(consentRequests.outcome), gt(consentRequests.expiresAt, now)),
+          )
+          .get();
+        if (open === undefined) return undefined;
+
+        const created =
+          delegation === null
+            ? null
+            : tx.insert(delegations).values({ id: newId('dlg'), ...delegation, createdAt: now }).returning().get();
+        const request = tx
+          .update(consentRequests)
+          .set({ outcome, delegationId: created?.id ?? null })
+          .where(eq(consentRequests.id, id))
+          .returning()
+          .get() as ConsentRequest;
+        return { request, delegation: created };
+      },
+      { behavior: 'immediate' },
+    );
+  }
+
+  // Services
+
+  cachedService(audience: string): Record<string, unknown> | undefined {
+    return this.#db
+      .select({ metadata: services.metadata })
+      .from(services)
+      .where(and(eq(services.audience, audience), gt(services.expiresAt, epoch())))
+      .get()?.metadata;
+  }
+
+  cacheService(audience: string, metadata: Record<string, unknown>, ttlSeconds: number): void {
+    const now = epoch();
+    const values = { metadata, fetchedAt: now, expiresAt: now + ttlSeconds };
+    this.#db
+      .insert(services)
+      .values({ audience, ...values })
+      .onConflictDoUpdate({ target: services.audience, set: values })
+      .run();
+  }
+
+  // Agents at services
+
+  /** The agent's client id at this service, if an administrator mapped one. */
+  serviceClientId(agentClientId: string, audience: string): string | undefined {
+    return this.#db
+      .select({ clientId: agentServiceClientIds.clientId })
+      .from(agentServiceClientIds)
+      .where(
+        and(eq(agentServiceClientIds.agentClientId, agentClientId), eq(agentServiceClientIds.audience, audience)),
+      )
+      .get()?.clientId;
+  }
+
+  mapServiceClientId(agentClientId: string, audience: string, clientId: string): void {
+    this.#db
+      .insert(agentServiceClientIds)
+      .values({ agentClientId, audience, clientId })
+      .onConflictDoUpdate({
+        target: [agentServiceClientIds.agentClientId, agentServiceClientIds.audience],
+        set: { clientId },
+      })
+      .run();
+  }
+
+  // Client assertions
+
+  /**
+   * Records a client assertion's `jti`; false if this client already used it. The primary key
+   * makes the check hold across processes (DESIGN 7).
+   */
+  useClientAssertionJti(clientId: string, jti: string, expiresAt: number): boolean {
+    const result = this.#db
+      .insert(clientAssertionJtis)
+      .values({ clientId, jti, expiresAt })
+      .onConflictDoNothing()
+      .run();
+    return result.changes === 1;
+  }
+
+  purgeExpired(): void {
+    const now = epoch();
+    this.#db.delete(clientAssertionJtis).where(lte(clientAssertionJtis.expiresAt, now)).run();
+    this.#db.delete(consentRequests).where(lte(consentRequests.expiresAt, now - 86400)).run();
+    this.#db.delete(services).where(lte(services.expiresAt, now)).run();
+  }
+}

@@ -1,0 +1,191 @@
+/**
+ * The pages oidc-provider sends people to while an agent connects (authorization code or
+ * device flow): sign-in goes through the upstream sign-in (DESIGN 2.1), then the consent page
+ * names the agent and what it asks for. Approving records the connection and, when the agent
+ * named an `audience`, can approve the first delegation in the same screen (DESIGN 2.2).
+ */
+import Router from '@koa/router';
+import { bodyParser } from '@koa/bodyparser';
+import type Koa from 'koa';
+import type { Logger } from 'pino';
+import { errors, type InteractionResults, type Provider } from 'oidc-provider';
+import type { DelegationStore } from '../db/delegations.ts';
+import type { Store } from '../db/store.ts';
+import { delegationFromForm, MODE_CHOICES } from '../delegations/form.ts';
+import type { ServiceMetadata } from '../services/discovery.ts';
+import type { ServiceDirectory } from '../services/directory.ts';
+import { PageError } from '../web/errors.ts';
+import type { Sessions, WebState } from '../web/session.ts';
+import type { Views } from '../web/views.ts';
+import { SCOPES } from './provider.ts';
+
+interface Options {
+  provider: Provider;
+  store: Store;
+  delegations: DelegationStore;
+  directory: ServiceDirectory;
+  sessions: Sessions;
+  views: Views;
+  log: Logger;
+}
+
+const SCOPE_TEXT: Record<string, string> = {
+  openid: 'Know who you are on Deputy',
+  email: 'See your email address',
+  profile: 'See your name',
+  offline_access: 'Stay connected when you are away (until you disconnect it)',
+};
+
+export function interactionRoutes(options: Options): Router {
+  const { provider, store, delegations, directory, sessions, views, log } = options;
+  const router = new Router({ prefix: '/interaction' });
+  const form = bodyParser({ enableTypes: ['form'] }) as Koa.Middleware;
+
+  async function details(ctx: Koa.Context) {
+    try {
+      const interaction = await provider.interactionDetails(ctx.req, ctx.res);
+      if (interaction.uid !== ctx.params.uid) throw new errors.SessionNotFound('interaction mismatch');
+      return interaction;
+    } catch (error) {
+      throw new PageError(
+        400,
+        'This connection request has expired',
+        'Start connecting the agent again from the agent itself.',
+        { cause: error },
+      );
+    }
+  }
+
+  async function finish(ctx: Koa.Context, result: InteractionResults, merge: boolean): Promise<void> {
+    await provider.interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: merge });
+    ctx.respond = false;
+  }
+
+  router.get('/:uid', async function showInteraction(ctx) {
+    const interaction = await details(ctx);
+    const state = ctx.state as WebState;
+
+    if (state.user === null) {
+      ctx.redirect(`/login?return_to=${encodeURIComponent(`/interaction/${interaction.uid}`)}`);
+      return;
+    }
+
+    // The provider's session must be the person signed in to Deputy now; a sign-in step (or a
+    // different person at the same browser) hands it over before anything is approved.
+    if (interaction.prompt.name === 'login' || interaction.session?.accountId !== state.user.id) {
+      const user = state.user;
+      await finish(
+        ctx,
+        {
+          login: {
+            accountId: user.id,
+            ...(user.amr ? { amr: user.amr } : {}),
+            ...(user.acr ? { acr: user.acr } : {}),
+            ...(user.authTime ? { ts: user.authTime } : {}),
+          },
+        },
+        false,
+      );
+      return;
+    }
+
+    const agent = store.findAgent(String(interaction.params.client_id));
+    if (agent === undefined) throw new PageError(400, 'Unknown agent', 'This agent is not registered with Deputy.');
+
+    const scopes = String(interaction.params.scope ?? '')
+      .split(' ')
+      .filter((s) => SCOPES.includes(s));
+    const audience = typeof interaction.params.audience === 'string' ? interaction.params.audience : null;
+    let service: ServiceMetadata | null = null;
+    let serviceError: string | null = null;
+    if (audience !== null) {
+      try {
+        service = await directory.forAudience(audience, []);
+      } catch (error) {
+        serviceError = (error as Error).message;
+      }
+    }
+
+    ctx.type = 'html';
+    ctx.body = views.render('connect', {
+      user: state.user,
+      csrf: state.csrf,
+      uid: interaction.uid,
+      agent,
+      scopes: scopes.map((s) => SCOPE_TEXT[s] ?? s),
+      audience,
+      service,
+      serviceError,
+      serviceScope: serviceScopes(String(interaction.params.scope ?? '')),
+      modes: MODE_CHOICES,
+    });
+  });
+
+  router.post('/:uid/confirm', form, async function confirmConnection(ctx) {
+    const interaction = await details(ctx);
+    const state = ctx.state as WebState;
+    const body = ctx.request.body as Record<string, unknown>;
+    sessions.requireCsrf(ctx, body.csrf);
+    if (state.user === null || interaction.session?.accountId !== state.user.id) {
+      throw new PageError(403, 'Sign in again', 'Your session changed while connecting. Start again from the agent.');
+    }
+
+    const clientId = String(interaction.params.client_id);
+    const { Grant } = provider;
+    const grant = interaction.grantId
+      ? ((await Grant.find(interaction.grantId)) ?? new Grant({ accountId: state.user.id, clientId }))
+      : new Grant({ accountId: state.user.id, clientId });
+    const missing = interaction.prompt.details as {
+      missingOIDCScope?: string[];
+      missingOIDCClaims?: string[];
+    };
+    if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+    if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+    const grantId = await grant.save();
+
+    const scope = String(interaction.params.scope ?? '')
+      .split(' ')
+      .filter((s) => SCOPES.includes(s))
+      .join(' ');
+    delegations.recordConnection(state.user.id, clientId, grantId, scope);
+    log.info({ event: 'connect', user: state.user.id, client: clientId }, 'agent connected');
+
+    const audience = typeof interaction.params.audience === 'string' ? interaction.params.audience : null;
+    if (audience !== null && body.delegate === 'yes') {
+      const service = await directory.forAudience(audience, []).catch((error: unknown) => {
+        throw new PageError(400, 'The service could not be checked', (error as Error).message, { cause: error });
+      });
+      const delegation = delegations.createDelegation(
+        delegationFromForm(body, {
+          userId: state.user.id,
+          agentClientId: clientId,
+          service,
+          resources: service.resources,
+          scope: serviceScopes(String(interaction.params.scope ?? '')),
+        }),
+      );
+      log.info(
+        { event: 'delegation_granted', user: state.user.id, client: clientId, audience, delegation: delegation.id },
+        'delegation granted',
+      );
+    }
+
+    await finish(ctx, { consent: { grantId } }, true);
+  });
+
+  router.post('/:uid/abort', form, async function abortConnection(ctx) {
+    await details(ctx);
+    sessions.requireCsrf(ctx, (ctx.request.body as Record<string, unknown>).csrf);
+    await finish(ctx, { error: 'access_denied', error_description: 'the person declined the connection' }, false);
+  });
+
+  return router;
+}
+
+/** Scopes in a connect request that are not Deputy's own are meant for the service. */
+function serviceScopes(scope: string): string {
+  return scope
+    .split(' ')
+    .filter((s) => s !== '' && !SCOPES.includes(s))
+    .join(' ');
+}

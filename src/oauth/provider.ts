@@ -1,0 +1,270 @@
+/**
+ * Deputy's authorization server: oidc-provider mounted in Deputy's koa app, its storage in
+ * SQLite, its clients the agent registry, its ID tokens signed with Deputy's key. Agents
+ * connect with the authorization code (PKCE) or device grant, and mint with the token-exchange
+ * grant registered in token-exchange.ts.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import type Koa from 'koa';
+import mount from 'koa-mount';
+import { errors, Provider, type AdapterPayload, type Configuration } from 'oidc-provider';
+import type { Config } from '../config.ts';
+import { createAdapter } from '../db/oidc-adapter.ts';
+import type { DelegationStore } from '../db/delegations.ts';
+import { sha256, type Agent, type Store } from '../db/store.ts';
+import { CLIENT_ASSERTION_ALGS } from '../agents/registry.ts';
+import type { KeyStore } from '../keys/keystore.ts';
+import { ID_JAG_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../keys/routes.ts';
+import type { Views } from '../web/views.ts';
+import type { WebState } from '../web/session.ts';
+
+export const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+export const SCOPES = ['openid', 'offline_access', 'email', 'profile'];
+
+/** Paths oidc-provider answers; everything else is Deputy's own. */
+export const ROUTES = {
+  authorization: '/authorize',
+  token: '/token',
+  device_authorization: '/device_authorization',
+  code_verification: '/device',
+  userinfo: '/userinfo',
+  revocation: '/revoke',
+  jwks: '/.well-known/jwks.json',
+  end_session: '/session/end',
+} as const;
+
+const PROVIDER_PREFIXES = [
+  ROUTES.authorization,
+  ROUTES.token,
+  ROUTES.device_authorization,
+  ROUTES.code_verification,
+  ROUTES.userinfo,
+  ROUTES.revocation,
+  ROUTES.end_session,
+  '/.well-known/openid-configuration',
+];
+
+/** Client assertions may not claim to live longer than this (RFC 7523 section 3, item 4). */
+const MAX_CLIENT_ASSERTION_LIFETIME = 600;
+
+/** Explicit types a client assertion may carry (SPEC 4.1); any other `typ` is refused. */
+const CLIENT_ASSERTION_TYPES = new Set(['JWT', 'client-authentication+jwt', 'application/client-authentication+jwt']);
+
+export interface AuthorizationServerOptions {
+  config: Config;
+  store: Store;
+  delegations: DelegationStore;
+  keys: KeyStore;
+  views: Views;
+  cookieKeys: string[];
+}
+
+/** The client metadata oidc-provider sees for an agent. */
+export function clientMetadataOf(agent: Agent, idTokenAlg: string): AdapterPayload {
+  const confidential = agent.tokenEndpointAuthMethod !== 'none';
+  const grantTypes = [DEVICE_CODE_GRANT, 'refresh_token'];
+  if (agent.redirectUris.length > 0) grantTypes.unshift('authorization_code');
+  if (confidential) grantTypes.push(TOKEN_EXCHANGE_GRANT);
+
+  return {
+    client_id: agent.clientId,
+    client_name: agent.name,
+    ...(agent.logoUri ? { logo_uri: agent.logoUri } : {}),
+    redirect_uris: agent.redirectUris,
+    response_types: agent.redirectUris.length > 0 ? ['code'] : [],
+    grant_types: grantTypes,
+    token_endpoint_auth_method: agent.tokenEndpointAuthMethod,
+    id_token_signed_response_alg: idTokenAlg,
+    // For secret-based agents oidc-provider holds the hash; compareClientSecret below hashes
+    // what the agent presents. HS* algorithms are disabled, so it is never used as a key.
+    ...(agent.secretHash ? { client_secret: agent.secretHash } : {}),
+    ...(agent.jwks ? { jwks: agent.jwks } : {}),
+    ...(agent.jwksUri ? { jwks_uri: agent.jwksUri } : {}),
+  } as AdapterPayload;
+}
+
+export function createAuthorizationServer(options: AuthorizationServerOptions): {
+  provider: Provider;
+  middleware: Koa.Middleware;
+} {
+  const { config, store, delegations, keys, views } = options;
+  const active = keys.active();
+
+  const configuration: Configuration = {
+    adapter: createAdapter(store.db, (id) => store.findAgent(id), (agent) => clientMetadataOf(agent, active.alg)),
+    jwks: { keys: [active.jwk as never] },
+    routes: ROUTES,
+    scopes: SCOPES,
+    claims: {
+      openid: ['sub'],
+      email: ['email', 'email_verified'],
+      profile: ['name'],
+    },
+    findAccount: (_ctx, id) => {
+      const user = store.findUser(id);
+      if (user === undefined) return undefined;
+      return {
+        accountId: user.id,
+        claims: () => ({
+          sub: user.id,
+          ...(user.email ? { email: user.email, email_verified: user.emailVerified } : {}),
+          ...(user.name ? { name: user.name } : {}),
+        }),
+      };
+    },
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'],
+    enabledJWA: {
+      clientAuthSigningAlgValues: CLIENT_ASSERTION_ALGS as never,
+      idTokenSigningAlgValues: [active.alg],
+      userinfoSigningAlgValues: [active.alg],
+    },
+    responseTypes: ['code'],
+    subjectTypes: ['public'],
+    pkce: { required: () => true },
+    extraParams: ['audience'],
+    features: {
+      devInteractions: { enabled: false },
+      deviceFlow: {
+        enabled: true,
+        charset: 'base-20',
+        mask: '****-****',
+        userCodeInputSource: (ctx, form, out) => {
+          const state = ctx.state as WebState;
+          ctx.type = 'html';
+          ctx.body = views.render('device-code', {
+            form,
+            error: out?.error_description ?? null,
+            user: state.user,
+            csrf: state.csrf,
+          });
+        },
+        userCodeConfirmSource: (ctx, form, client, _deviceInfo, userCode) => {
+          const state = ctx.state as WebState;
+          ctx.type = 'html';
+          ctx.body = views.render('device-confirm', {
+            form,
+            agentName: client.clientName ?? client.clientId,
+            logoUri: client.logoUri ?? null,
+            userCode,
+            user: state.user,
+            csrf: state.csrf,
+          });
+        },
+        successSource: (ctx) => {
+          const state = ctx.state as WebState;
+          ctx.type = 'html';
+          ctx.body = views.render('device-done', { user: state.user, csrf: state.csrf });
+        },
+      },
+      pushedAuthorizationRequests: { enabled: false },
+      revocation: { enabled: true },
+      userinfo: { enabled: true },
+      rpInitiatedLogout: { enabled: false },
+    },
+    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+    // Every connection goes through Deputy's consent page, which checks that the person signed
+    // in to Deputy now is the one the provider's session names (oauth/interactions.ts): only
+    // the grant that page just approved counts, never one remembered in the session.
+    loadExistingGrant: async (ctx) => {
+      const grantId = ctx.oidc.result?.consent?.grantId;
+      return typeof grantId === 'string' ? ctx.oidc.provider.Grant.find(grantId) : undefined;
+    },
+    cookies: {
+      keys: options.cookieKeys,
+      names: { session: 'deputy_op_session', interaction: 'deputy_interaction', resume: 'deputy_resume' },
+    },
+    ttl: {
+      AccessToken: 3600,
+      AuthorizationCode: 60,
+      DeviceCode: 600,
+      Grant: 365 * 86400,
+      IdToken: 3600,
+      Interaction: 3600,
+      RefreshToken: 30 * 86400,
+      Session: 12 * 3600,
+    },
+    rotateRefreshToken: true,
+    issueRefreshToken: (_ctx, client, code) =>
+      client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
+    discovery: {
+      identity_chaining_requested_token_types_supported: [ID_JAG_TOKEN_TYPE],
+      service_documentation: `${config.issuer}/`,
+    },
+    assertJwtClientAuthClaimsAndHeader: async (ctx, claims, header, client) => {
+      assertClientAssertion(config.issuer, claims, header, client.clientId);
+      if (!delegations.useClientAssertionJti(client.clientId, String(claims.jti), Number(claims.exp))) {
+        throw new errors.InvalidClientAuth('client assertion tokens must only be used once');
+      }
+      void ctx;
+    },
+    renderError: (ctx, out) => {
+      const state = ctx.state as WebState;
+      ctx.type = 'html';
+      ctx.body = views.render('error', {
+        title: 'The request could not be completed',
+        message: out.error_description ?? out.error,
+        user: state.user ?? null,
+        csrf: state.csrf ?? null,
+      });
+    },
+  };
+
+  const provider = new Provider(config.issuer, configuration);
+  provider.proxy = config.trustProxy;
+
+  // Agent secrets are stored as SHA-256 hashes (agents/registry.ts); compare in constant time.
+  provider.Client.prototype.compareClientSecret = async function compareClientSecret(actual: string) {
+    const expected = Buffer.from(String(this.clientSecret), 'hex');
+    const presented = Buffer.from(sha256(actual), 'hex');
+    return expected.length === presented.length && timingSafeEqual(expected, presented);
+  };
+
+  const mounted = mount(provider);
+  const middleware: Koa.Middleware = async function authorizationServer(ctx, next) {
+    // RFC 8414 metadata carries the same document as OpenID discovery (SPEC 9.1).
+    if (ctx.path === '/.well-known/oauth-authorization-server') {
+      ctx.path = '/.well-known/openid-configuration';
+      return mounted(ctx, next);
+    }
+
+    if (PROVIDER_PREFIXES.some((prefix) => ctx.path === prefix || ctx.path.startsWith(`${prefix}/`))) {
+      return mounted(ctx, next);
+    }
+
+    return next();
+  };
+
+  return { provider, middleware };
+}
+
+/**
+ * Deputy's rules for client assertions beyond oidc-provider's own checks (SPEC 4.1): the sole
+ * audience is the issuer identifier as a string (draft-ietf-oauth-rfc7523bis section 4), `sub`
+ * is the client, the lifetime is bounded, and an explicit `typ` other than a client
+ * authentication type is refused so other JWTs cannot pass as assertions.
+ */
+function assertClientAssertion(
+  issuer: string,
+  claims: Record<string, unknown>,
+  header: Record<string, unknown>,
+  clientId: string,
+): void {
+  if (claims.aud !== issuer) {
+    throw new errors.InvalidClientAuth('client assertion audience (aud) must be the issuer identifier');
+  }
+
+  if (claims.sub !== clientId) {
+    throw new errors.InvalidClientAuth('client assertion subject (sub) must be the client_id');
+  }
+
+  const now = Math.floor(Date.now() / 1000);
+  if (typeof claims.exp !== 'number' || claims.exp > now + MAX_CLIENT_ASSERTION_LIFETIME) {
+    throw new errors.InvalidClientAuth(
+      `client assertion must expire within ${MAX_CLIENT_ASSERTION_LIFETIME} seconds`,
+    );
+  }
+
+  if (header.typ !== undefined && !CLIENT_ASSERTION_TYPES.has(String(header.typ))) {
+    throw new errors.InvalidClientAuth('client assertion typ must be client-authentication+jwt when present');
+  }
+}

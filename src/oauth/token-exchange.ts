@@ -1,0 +1,324 @@
+/**
+ * The mint: RFC 8693 token exchange at the token endpoint, requesting an ID-JAG (DESIGN 2.4,
+ * SPEC 1.1 to 1.5). oidc-provider has authenticated the agent by the time the handler runs;
+ * each step below is one check of the design, in its order.
+ *
+ * Error codes where the standards leave a choice (documented in the README): a bad or missing
+ * parameter is `invalid_request`; a subject token that is not Deputy's, not this agent's,
+ * expired or revoked is `invalid_grant` (the ID-JAG draft's own example); an audience or
+ * resource Deputy will not serve, including more than one audience, is `invalid_target`.
+ */
+import { randomUUID } from 'node:crypto';
+import { createLocalJWKSet, errors as joseErrors, jwtVerify } from 'jose';
+import type { Logger } from 'pino';
+import { errors, type KoaContextWithOIDC, type Provider } from 'oidc-provider';
+import { idJagClaims, signIdJag } from '../assertions/id-jag.ts';
+import type { Config } from '../config.ts';
+import type { Delegation, DelegationStore } from '../db/delegations.ts';
+import { epoch, type Store, type User } from '../db/store.ts';
+import type { KeyStore } from '../keys/keystore.ts';
+import { ID_JAG_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../keys/routes.ts';
+
+export const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token';
+export const REFRESH_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:refresh_token';
+export const CONSENT_REQUEST_TTL_SECONDS = 600;
+
+const PARAMETERS = [
+  'audience',
+  'resource',
+  'scope',
+  'requested_token_type',
+  'subject_token',
+  'subject_token_type',
+  'actor_token',
+  'actor_token_type',
+];
+
+interface Options {
+  config: Config;
+  store: Store;
+  delegations: DelegationStore;
+  keys: KeyStore;
+  log: Logger;
+}
+
+interface Params {
+  audience?: string | string[];
+  resource?: string | string[];
+  scope?: string;
+  requested_token_type?: string;
+  subject_token?: string;
+  subject_token_type?: string;
+  actor_token?: string;
+}
+
+export function registerTokenExchange(provider: Provider, options: Options): void {
+  const { config, store, delegations, keys, log } = options;
+
+  async function tokenExchange(ctx: KoaContextWithOIDC): Promise<void> {
+    const params = ctx.oidc.params as Params;
+    const client = ctx.oidc.client;
+    if (client === undefined) throw new errors.InvalidClient('client authentication is required');
+
+    // Public clients never get ID-JAGs (SPEC 1.1, 9.1); their grant_types already exclude this.
+    if (client.clientAuthMethod === 'none') {
+      throw new errors.UnauthorizedClient('public clients cannot use token exchange');
+    }
+
+    const request = checkParameters(params, config.allowLoopbackServices);
+    const user = await subjectUser(ctx, provider, params, client.clientId);
+
+    const agent = store.findAgent(client.clientId);
+    if (agent === undefined) throw new errors.InvalidClient('client not found');
+    if (agent.allowedAudiences !== null && !agent.allowedAudiences.includes(request.audience)) {
+      throw new errors.InvalidTarget('this agent may not obtain assertions for that audience');
+    }
+
+    const delegation = delegations.activeDelegation(user.id, agent.clientId, request.audience);
+    if (delegation === undefined) return consentRequired(ctx, user, agent.clientId, request);
+
+    const resources = grantedResources(request.resources, delegation);
+    const scope = grantedScope(request.scope, delegation);
+    const issuedAt = epoch();
+    const active = keys.active();
+    const record = {
+      jti: randomUUID(),
+      userId: user.id,
+      agentClientId: agent.clientId,
+      audience: request.audience,
+      resources,
+      scope,
+      kid: active.kid,
+      issuedAt,
+      expiresAt: issuedAt + config.idJagTtl,
+    };
+
+    // Step 6: a `once` delegation is consumed here, atomically; a racing mint that lost finds
+    // it gone and is answered as if it never existed.
+    if (!delegations.useDelegation(delegation, record)) {
+      return consentRequired(ctx, user, agent.clientId, request);
+    }
+
+    const claims = idJagClaims({
+      issuer: config.issuer,
+      user,
+      agent: { clientId: agent.clientId, name: agent.name },
+      audience: request.audience,
+      serviceClientId: delegations.serviceClientId(agent.clientId, request.audience),
+      resources,
+      scope,
+      jti: record.jti,
+      issuedAt,
+      expiresAt: record.expiresAt,
+    });
+    const assertion = await signIdJag(claims, active);
+
+    log.info(
+      {
+        event: 'mint',
+        result: 'issued',
+        client: agent.clientId,
+        user: user.id,
+        audience: request.audience,
+        jti: record.jti,
+        scope,
+      },
+      'ID-JAG issued',
+    );
+
+    ctx.set('Cache-Control', 'no-store');
+    ctx.set('Pragma', 'no-cache');
+    ctx.body = {
+      access_token: assertion,
+      issued_token_type: ID_JAG_TOKEN_TYPE,
+      token_type: 'N_A',
+      expires_in: config.idJagTtl,
+      ...(scope !== '' ? { scope } : {}),
+    };
+  }
+
+  /**
+   * Step 5, no delegation: 400 `consent_required` with a link the person can open to approve
+   * exactly this request (DESIGN 2.3, way 3).
+   */
+  function consentRequired(ctx: KoaContextWithOIDC, user: User, agentClientId: string, request: ExchangeRequest): void {
+    const consent = delegations.createConsentRequest(
+      {
+        userId: user.id,
+        agentClientId,
+        audience: request.audience,
+        resources: request.resources,
+        scope: request.scope.join(' '),
+      },
+      CONSENT_REQUEST_TTL_SECONDS,
+    );
+    log.info(
+      { event: 'mint', result: 'consent_required', client: agentClientId, user: user.id, audience: request.audience },
+      'no delegation for this audience',
+    );
+
+    ctx.status = 400;
+    ctx.set('Cache-Control', 'no-store');
+    ctx.set('Pragma', 'no-cache');
+    ctx.body = {
+      error: 'consent_required',
+      error_description: 'the user has not allowed this agent to assert their identity to this audience',
+      consent_uri: `${config.issuer}/consent/${consent.id}`,
+      expires_in: CONSENT_REQUEST_TTL_SECONDS,
+    };
+  }
+
+  /** Step 2: the subject token is Deputy's own, issued to this agent, and still valid. */
+  async function subjectUser(
+    ctx: KoaContextWithOIDC,
+    provider: Provider,
+    params: Params,
+    clientId: string,
+  ): Promise<User> {
+    const token = params.subject_token as string;
+    let accountId: string;
+
+    if (params.subject_token_type === ID_TOKEN_TYPE) {
+      accountId = await idTokenSubject(token, clientId);
+      if (!delegations.isConnected(accountId, clientId)) {
+        throw new errors.InvalidGrant('the user has disconnected this agent');
+      }
+    } else {
+      const refreshToken = await provider.RefreshToken.find(token, { ignoreExpiration: true });
+      if (refreshToken === undefined || refreshToken.clientId !== clientId) {
+        throw new errors.InvalidGrant('subject_token is not a refresh token issued to this client');
+      }
+      if (refreshToken.isExpired) throw new errors.InvalidGrant('subject_token has expired');
+      if (refreshToken.consumed) throw new errors.InvalidGrant('subject_token has been rotated or revoked');
+      const grant = await provider.Grant.find(refreshToken.grantId as string);
+      if (grant === undefined || grant.clientId !== clientId) {
+        throw new errors.InvalidGrant('subject_token has been revoked');
+      }
+      accountId = refreshToken.accountId;
+    }
+
+    // Step 3: the user's current claims, re-read.
+    const user = store.findUser(accountId);
+    if (user === undefined) throw new errors.InvalidGrant('the subject of subject_token no longer exists');
+    void ctx;
+    return user;
+  }
+
+  async function idTokenSubject(token: string, clientId: string): Promise<string> {
+    try {
+      const { payload, protectedHeader } = await jwtVerify(token, createLocalJWKSet(keys.jwks()), {
+        issuer: config.issuer,
+        audience: clientId,
+        algorithms: [keys.active().alg],
+        requiredClaims: ['sub', 'exp', 'iat'],
+      });
+      // ID-JAGs and revocation events carry Deputy's signature too; only an ID token will do.
+      if (protectedHeader.typ !== undefined && protectedHeader.typ !== 'JWT') {
+        throw new errors.InvalidGrant('subject_token is not an ID token');
+      }
+      if (Array.isArray(payload.aud) && payload.aud.length !== 1) {
+        throw new errors.InvalidGrant('subject_token was issued to more than one audience');
+      }
+      return payload.sub as string;
+    } catch (error) {
+      if (error instanceof errors.InvalidGrant) throw error;
+      if (error instanceof joseErrors.JWTExpired) throw new errors.InvalidGrant('subject_token has expired');
+      throw new errors.InvalidGrant('subject_token is not an ID token issued by Deputy to this client');
+    }
+  }
+
+  provider.registerGrantType(TOKEN_EXCHANGE_GRANT, tokenExchange, PARAMETERS, ['audience', 'resource']);
+}
+
+interface ExchangeRequest {
+  audience: string;
+  resources: string[];
+  scope: string[];
+}
+
+/** Step 1 and 4: the parameters, their shapes, exactly one audience. */
+function checkParameters(params: Params, allowLoopback: boolean): ExchangeRequest {
+  if (params.requested_token_type !== ID_JAG_TOKEN_TYPE) {
+    throw new errors.InvalidRequest(`requested_token_type must be ${ID_JAG_TOKEN_TYPE}`);
+  }
+
+  if (!params.subject_token) throw new errors.InvalidRequest('subject_token is required');
+  if (!params.subject_token_type) throw new errors.InvalidRequest('subject_token_type is required');
+  if (params.subject_token_type !== ID_TOKEN_TYPE && params.subject_token_type !== REFRESH_TOKEN_TYPE) {
+    throw new errors.InvalidRequest(
+      `subject_token_type must be ${ID_TOKEN_TYPE} or ${REFRESH_TOKEN_TYPE}`,
+    );
+  }
+
+  if (params.actor_token !== undefined) {
+    throw new errors.InvalidRequest('actor_token is not supported');
+  }
+
+  const audiences = list(params.audience);
+  if (audiences.length === 0) throw new errors.InvalidRequest('audience is required');
+  if (new Set(audiences).size > 1) {
+    throw new errors.InvalidTarget('an ID-JAG is for exactly one audience; request one per audience');
+  }
+  const audience = audiences[0] as string;
+  if (!isServiceUrl(audience, allowLoopback)) {
+    throw new errors.InvalidTarget('audience must be the https issuer identifier of the service');
+  }
+
+  const resources = [...new Set(list(params.resource))];
+  for (const resource of resources) {
+    if (!isAbsoluteUriWithoutFragment(resource)) {
+      throw new errors.InvalidTarget('each resource must be an absolute URI without a fragment');
+    }
+  }
+
+  const scope = [...new Set((params.scope ?? '').split(' ').filter((s) => s !== ''))];
+  return { audience, resources, scope };
+}
+
+/** Requested resources must be ones the person approved for this audience; none asks for all. */
+function grantedResources(requested: string[], delegation: Delegation): string[] {
+  if (requested.length === 0) return delegation.resources;
+  const allowed = new Set(delegation.resources);
+  const refused = requested.filter((r) => !allowed.has(r));
+  if (refused.length > 0) {
+    throw new errors.InvalidTarget(`resource not covered by the delegation: ${refused.join(' ')}`);
+  }
+  return requested;
+}
+
+/** The intersection of what was asked and what was delegated (DESIGN 2.4 step 5). */
+function grantedScope(requested: string[], delegation: Delegation): string {
+  const delegated = delegation.scope.split(' ').filter((s) => s !== '');
+  if (requested.length === 0) return delegated.join(' ');
+  const granted = requested.filter((s) => delegated.includes(s));
+  if (granted.length === 0) {
+    throw new errors.InvalidScope('none of the requested scopes is delegated for this audience', requested.join(' '));
+  }
+  return granted.join(' ');
+}
+
+function list(value: string | string[] | undefined): string[] {
+  if (value === undefined) return [];
+  return (Array.isArray(value) ? value : [value]).filter((v) => v !== '');
+}
+
+function isServiceUrl(value: string, allowLoopback: boolean): boolean {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return false;
+  }
+  if (url.hash !== '' || url.search !== '' || url.username !== '' || url.password !== '') return false;
+  if (url.protocol === 'https:') return true;
+  return allowLoopback && url.protocol === 'http:' && ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname);
+}
+
+function isAbsoluteUriWithoutFragment(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return url.hash === '' && !value.includes('#');
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,261 @@
+/**
+ * The signed-in person's pages: connected agents and delegations on `/`, adding a delegation
+ * for a service, approving a consent request an agent's mint produced, revoking, disconnecting
+ * and the audit trail of one delegation. Every form that changes state carries the session's
+ * CSRF token.
+ */
+import Router from '@koa/router';
+import { bodyParser } from '@koa/bodyparser';
+import type Koa from 'koa';
+import type { Logger } from 'pino';
+import type { Delegation, DelegationStore } from '../db/delegations.ts';
+import { epoch, type Store, type User } from '../db/store.ts';
+import { delegationFromForm, MODE_CHOICES } from '../delegations/form.ts';
+import type { ServiceMetadata } from '../services/discovery.ts';
+import type { ServiceDirectory } from '../services/directory.ts';
+import { PageError } from './errors.ts';
+import type { Sessions, WebState } from './session.ts';
+import type { Views } from './views.ts';
+
+interface Options {
+  store: Store;
+  delegations: DelegationStore;
+  directory: ServiceDirectory;
+  sessions: Sessions;
+  views: Views;
+  log: Logger;
+  upstreamIssuer: string;
+}
+
+const AUDIT_PAGE_SIZE = 20;
+
+export type DelegationStatus = 'active' | 'used' | 'expired' | 'revoked';
+
+export function delegationStatus(delegation: Delegation, now = epoch()): DelegationStatus {
+  if (delegation.revokedAt !== null) return 'revoked';
+  if (delegation.consumedAt !== null) return 'used';
+  if (delegation.expiresAt !== null && delegation.expiresAt <= now) return 'expired';
+  return 'active';
+}
+
+export function pageRoutes(options: Options): Router {
+  const { store, delegations, directory, sessions, views, log } = options;
+  const router = new Router();
+  const form = bodyParser({ enableTypes: ['form'] }) as Koa.Middleware;
+
+  function signedIn(ctx: Koa.Context): User {
+    const state = ctx.state as WebState;
+    if (state.user === null) {
+      throw new PageError(401, 'Sign in first', 'Sign in to Deputy to manage your agents and delegations.');
+    }
+    return state.user;
+  }
+
+  function render(ctx: Koa.Context, view: string, data: Record<string, unknown>, status = 200): void {
+    const state = ctx.state as WebState;
+    ctx.status = status;
+    ctx.type = 'html';
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = views.render(view, { user: state.user, csrf: state.csrf, ...data });
+  }
+
+  router.get('/', function home(ctx) {
+    const state = ctx.state as WebState;
+    if (state.user === null) return render(ctx, 'home', { upstreamIssuer: options.upstreamIssuer });
+
+    const now = epoch();
+    render(ctx, 'home', {
+      upstreamIssuer: options.upstreamIssuer,
+      agents: delegations.connectedAgents(state.user.id),
+      delegations: delegations.delegationsOf(state.user.id).map((d) => ({ ...d, status: delegationStatus(d, now) })),
+      modes: MODE_CHOICES,
+    });
+    return undefined;
+  });
+
+  router.post('/delegations/preview', form, async function previewDelegation(ctx) {
+    const user = signedIn(ctx);
+    const body = ctx.request.body as Record<string, unknown>;
+    sessions.requireCsrf(ctx, body.csrf);
+    const agentClientId = String(body.agent ?? '');
+    const agent = connectedAgent(user, agentClientId);
+    const url = String(body.service ?? '').trim();
+    if (url === '') throw new PageError(400, 'Enter a service', 'Enter the address of the service.');
+
+    const service = await discover(() => directory.lookup(url));
+    render(ctx, 'delegation-new', { agent, service, modes: MODE_CHOICES });
+  });
+
+  router.post('/delegations', form, async function createDelegation(ctx) {
+    const user = signedIn(ctx);
+    const body = ctx.request.body as Record<string, unknown>;
+    sessions.requireCsrf(ctx, body.csrf);
+    const agent = connectedAgent(user, String(body.agent ?? ''));
+    const service = await discover(() => directory.forAudience(String(body.audience ?? ''), []));
+    const supported = new Set(service.scopesSupported);
+    const scope = list(body.scope).filter((s) => supported.has(s)).join(' ');
+
+    const delegation = delegations.createDelegation(
+      delegationFromForm(body, {
+        userId: user.id,
+        agentClientId: agent.clientId,
+        service,
+        resources: service.resources,
+        scope,
+      }),
+    );
+    log.info(
+      { event: 'delegation_granted', user: user.id, client: agent.clientId, audience: service.audience, delegation: delegation.id },
+      'delegation granted',
+    );
+    ctx.redirect('/');
+  });
+
+  router.post('/delegations/:id/revoke', form, function revokeDelegation(ctx) {
+    const user = signedIn(ctx);
+    sessions.requireCsrf(ctx, (ctx.request.body as Record<string, unknown>).csrf);
+    if (!delegations.revokeDelegation(user.id, ctx.params.id as string)) {
+      throw new PageError(404, 'Not found', 'There is no active delegation of yours with this id.');
+    }
+    log.info({ event: 'delegation_revoked', user: user.id, delegation: ctx.params.id }, 'delegation revoked');
+    ctx.redirect('/');
+  });
+
+  router.post('/agents/:clientId/disconnect', form, function disconnectAgent(ctx) {
+    const user = signedIn(ctx);
+    sessions.requireCsrf(ctx, (ctx.request.body as Record<string, unknown>).csrf);
+    const clientId = ctx.params.clientId as string;
+    if (!delegations.isConnected(user.id, clientId)) {
+      throw new PageError(404, 'Not found', 'This agent is not connected to your account.');
+    }
+    const { revokedDelegations } = delegations.disconnect(user.id, clientId);
+    log.info({ event: 'disconnect', user: user.id, client: clientId, revokedDelegations }, 'agent disconnected');
+    ctx.redirect('/');
+  });
+
+  router.get('/delegations/:id', function delegationAudit(ctx) {
+    const user = signedIn(ctx);
+    const delegation = delegations.findDelegation(ctx.params.id as string);
+    if (delegation === undefined || delegation.userId !== user.id) {
+      throw new PageError(404, 'Not found', 'There is no delegation of yours with this id.');
+    }
+    const page = Math.max(1, Math.min(10_000, Number.parseInt(String(ctx.query.page ?? '1'), 10) || 1));
+    const rows = delegations.assertionsOf(delegation.id, AUDIT_PAGE_SIZE + 1, (page - 1) * AUDIT_PAGE_SIZE);
+    render(ctx, 'delegation', {
+      delegation: { ...delegation, status: delegationStatus(delegation) },
+      agentName: store.findAgent(delegation.agentClientId)?.name ?? delegation.agentClientId,
+      assertions: rows.slice(0, AUDIT_PAGE_SIZE),
+      page,
+      hasNext: rows.length > AUDIT_PAGE_SIZE,
+    });
+  });
+
+  router.get('/consent/:id', async function showConsent(ctx) {
+    const { request, user } = openConsent(ctx);
+    const agent = store.findAgent(request.agentClientId);
+    let service: ServiceMetadata | null = null;
+    let serviceError: string | null = null;
+    try {
+      service = await directory.forAudience(request.audience, request.resources);
+    } catch (error) {
+      serviceError = (error as Error).message;
+    }
+    render(ctx, 'consent', { request, agent, service, serviceError, modes: MODE_CHOICES, user });
+  });
+
+  router.post('/consent/:id', form, async function answerConsent(ctx) {
+    const { request, user } = openConsent(ctx);
+    const body = ctx.request.body as Record<string, unknown>;
+    sessions.requireCsrf(ctx, body.csrf);
+
+    if (body.decision === 'deny') {
+      delegations.answerConsentRequest(request.id, 'denied', null);
+      log.info({ event: 'consent_denied', user: user.id, client: request.agentClientId }, 'consent denied');
+      return render(ctx, 'consent-done', { approved: false, request });
+    }
+
+    if (body.decision !== 'approve') throw new PageError(400, 'Choose', 'Approve or deny the request.');
+    const service = await discover(() => directory.forAudience(request.audience, request.resources));
+    const answered = delegations.answerConsentRequest(
+      request.id,
+      'approved',
+      delegationFromForm(body, {
+        userId: user.id,
+        agentClientId: request.agentClientId,
+        service: { ...service, audience: request.audience },
+        resources: request.resources.length > 0 ? request.resources : service.resources,
+        scope: request.scope,
+      }),
+    );
+    if (answered === undefined) {
+      throw new PageError(400, 'Already answered', 'This request was already answered or has expired.');
+    }
+    log.info(
+      {
+        event: 'delegation_granted',
+        user: user.id,
+        client: request.agentClientId,
+        audience: request.audience,
+        delegation: answered.delegation?.id,
+      },
+      'delegation granted',
+    );
+    return render(ctx, 'consent-done', { approved: true, request, service });
+  });
+
+  /** A consent request the signed-in person may answer now, or the page that says why not. */
+  function openConsent(ctx: Koa.Context) {
+    const state = ctx.state as WebState;
+    const request = delegations.findConsentRequest(ctx.params.id as string);
+    if (request === undefined) {
+      throw new PageError(404, 'Not found', 'There is no consent request at this address.');
+    }
+
+    if (state.user === null) {
+      ctx.redirect(`/login?return_to=${encodeURIComponent(`/consent/${request.id}`)}`);
+      throw new RedirectDone();
+    }
+
+    if (request.userId !== state.user.id) {
+      throw new PageError(
+        403,
+        'This request is for someone else',
+        'The agent asked on behalf of a different Deputy account. Only that person can answer it; sign out and sign in as them.',
+      );
+    }
+
+    if (request.outcome !== null || request.expiresAt <= epoch()) {
+      throw new PageError(400, 'This request is closed', 'It was already answered or has expired. Ask the agent to try again.');
+    }
+
+    return { request, user: state.user };
+  }
+
+  function connectedAgent(user: User, clientId: string) {
+    const agent = delegations.connectedAgents(user.id).find((a) => a.clientId === clientId);
+    if (agent === undefined) {
+      throw new PageError(400, 'Choose an agent', 'Choose one of the agents connected to your account.');
+    }
+    return agent;
+  }
+
+  return router;
+}
+
+/** Thrown after a redirect has been set, to stop the handler without an error page. */
+export class RedirectDone extends Error {
+  override name = 'RedirectDone';
+}
+
+async function discover(fn: () => Promise<ServiceMetadata>): Promise<ServiceMetadata> {
+  try {
+    return await fn();
+  } catch (error) {
+    throw new PageError(400, 'The service could not be checked', (error as Error).message, { cause: error });
+  }
+}
+
+function list(value: unknown): string[] {
+  if (Array.isArray(value)) return value.filter((v): v is string => typeof v === 'string');
+  return typeof value === 'string' && value !== '' ? [value] : [];
+}

@@ -1,0 +1,95 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { decodeJwt } from 'jose';
+import { Browser, formAction } from './helpers/browser.ts';
+import { listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
+import {
+  addAgent,
+  basic,
+  connectByCode,
+  connectByDevice,
+  ID_TOKEN,
+  mint,
+  post,
+  REFRESH_TOKEN,
+  type TestAgent,
+} from './helpers/agent.ts';
+import { startUpstream, type TestUpstream } from './helpers/upstream.ts';
+
+describe('agents connect', () => {
+  const dir = tempDir();
+  let upstream: TestUpstream;
+  let deputy: RunningDeputy;
+  let agent: TestAgent;
+  const browser = new Browser();
+
+  before(async () => {
+    const listening = await listen();
+    upstream = await startUpstream(`${listening.url}/login/callback`);
+    upstream.accounts.set('ada', { sub: 'ada', email: 'ada@example.com', email_verified: true, name: 'Ada' });
+    deputy = await startDeputy({ dbPath: `${dir.path}/deputy.db`, env: upstreamEnv(upstream), listening });
+    agent = await addAgent(deputy);
+    const form = await browser.go(`${deputy.url}/login`);
+    await browser.submit(formAction(form), { sub: 'ada' });
+  });
+
+  after(async () => {
+    await deputy.stop();
+    await upstream.close();
+    dir.remove();
+  });
+
+  test('by the device grant, getting an ID token and a refresh token for the person', async () => {
+    const tokens = await connectByDevice(deputy, agent, browser);
+    const idToken = decodeJwt(tokens.id_token);
+    const user = deputy.deputy.store.findUser(idToken.sub as string);
+    assert.equal(user?.email, 'ada@example.com');
+    assert.equal(idToken.aud, agent.clientId);
+    assert.equal(idToken.iss, deputy.url);
+    assert.ok(tokens.refresh_token);
+    assert.match(tokens.scope, /offline_access/);
+
+    const home = await browser.go(`${deputy.url}/`);
+    assert.match(home.body, /Research Bot/);
+  });
+
+  test('by the authorization code grant with PKCE', async () => {
+    const tokens = await connectByCode(deputy, agent, browser);
+    assert.ok(tokens.id_token);
+    assert.ok(tokens.refresh_token, 'offline_access with prompt=consent gives a refresh token');
+    assert.equal(decodeJwt(tokens.id_token as string).aud, agent.clientId);
+  });
+
+  test('rotates refresh tokens, and the rotated one no longer mints', async () => {
+    const tokens = await connectByDevice(deputy, agent, browser);
+    const refreshed = await post(
+      `${deputy.url}/token`,
+      { grant_type: 'refresh_token', refresh_token: tokens.refresh_token },
+      { authorization: basic(agent) },
+    );
+    assert.equal(refreshed.status, 200);
+    assert.notEqual(refreshed.body.refresh_token, tokens.refresh_token);
+
+    const answer = await mint(deputy, agent, {
+      audience: 'https://service.example',
+      subject_token: tokens.refresh_token,
+      subject_token_type: REFRESH_TOKEN,
+    });
+    assert.equal(answer.status, 400);
+    assert.equal(answer.body.error, 'invalid_grant');
+  });
+
+  test('a mint without a delegation answers consent_required with a consent_uri', async () => {
+    const tokens = await connectByDevice(deputy, agent, browser);
+    const answer = await mint(deputy, agent, {
+      audience: 'https://service.example',
+      subject_token: tokens.id_token,
+      subject_token_type: ID_TOKEN,
+    });
+    assert.equal(answer.status, 400);
+    assert.equal(answer.body.error, 'consent_required');
+    assert.match(answer.body.consent_uri as string, new RegExp(`^${deputy.url}/consent/cns_`));
+    assert.equal(answer.body.expires_in, 600);
+    assert.equal(answer.headers.get('cache-control'), 'no-store');
+  });
+});
