@@ -7,6 +7,7 @@ import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { migrateDatabase, openDatabase } from './db/index.ts';
+import { DelegationStore } from './db/delegations.ts';
 import { Store, type Agent } from './db/store.ts';
 import { registerAgent, UsageError } from './agents/registry.ts';
 import { KeyDecryptionError } from './keys/keystore.ts';
@@ -18,11 +19,13 @@ Commands:
   serve                         run the server (the default)
   migrate                       apply database migrations and exit
   agents add --name NAME [--logo-uri URL] [--redirect-uri URL]...
-             [--jwks FILE | --jwks-uri URL] [--json]
+             [--jwks FILE | --jwks-uri URL | --public] [--json]
                                 register an agent; without keys it gets a client secret,
-                                printed once
+                                printed once; --public agents connect but never mint
   agents list [--json]          list registered agents
   agents show CLIENT_ID [--json]
+  agents map CLIENT_ID --audience URL --service-client-id ID
+                                the agent's client id at a service (the ID-JAG client_id)
   agents remove CLIENT_ID       delete an agent
   keys list [--json]            list signing keys and their state
 
@@ -120,6 +123,7 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
         'redirect-uri': { type: 'string', multiple: true },
         jwks: { type: 'string' },
         'jwks-uri': { type: 'string' },
+        public: { type: 'boolean' },
         json: { type: 'boolean' },
       });
       if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
@@ -135,6 +139,7 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
           redirectUris: values['redirect-uri'] ?? [],
           jwks,
           jwksUri: values['jwks-uri'],
+          public: values.public,
         });
 
         if (values.json) {
@@ -148,6 +153,8 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
           out(`  client_secret: ${clientSecret}`);
           out('');
           out('The secret is shown only now; Deputy keeps only its hash. Store it with the agent.');
+        } else if (agent.tokenEndpointAuthMethod === 'none') {
+          out('  auth method:   none (a public client: it can connect but never mint)');
         } else {
           out(`  auth method:   private_key_jwt (${agent.jwksUri ?? 'keys given with --jwks'})`);
         }
@@ -187,6 +194,25 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
       for (const [key, value] of Object.entries(described)) {
         out(`${key.padEnd(27)} ${typeof value === 'string' ? value : JSON.stringify(value)}`);
       }
+      return 0;
+    }
+
+    case 'map': {
+      const { values, positionals } = parse(rest, {
+        audience: { type: 'string' },
+        'service-client-id': { type: 'string' },
+      });
+      const clientId = onePositional(positionals, 'agents map needs a CLIENT_ID');
+      if (values.audience === undefined || values['service-client-id'] === undefined) {
+        throw new UsageError('agents map needs --audience and --service-client-id');
+      }
+      const audience = values.audience;
+      const serviceClientId = values['service-client-id'];
+      withStore(config, (store) => {
+        if (store.findAgent(clientId) === undefined) throw new UsageError(`no agent with client id '${clientId}'`);
+        new DelegationStore(store.db).mapServiceClientId(clientId, audience, serviceClientId);
+      });
+      out(`ID-JAGs from ${clientId} for ${audience} now carry client_id '${serviceClientId}'.`);
       return 0;
     }
 

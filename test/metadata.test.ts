@@ -46,6 +46,23 @@ describe('published keys and metadata', () => {
       assert.deepEqual(metadata.identity_chaining_requested_token_types_supported, [
         'urn:ietf:params:oauth:token-type:id-jag',
       ]);
+      assert.equal(metadata.token_endpoint, `${deputy.url}/token`);
+      assert.equal(metadata.authorization_endpoint, `${deputy.url}/authorize`);
+      assert.equal(metadata.device_authorization_endpoint, `${deputy.url}/device_authorization`);
+      assert.deepEqual(metadata.grant_types_supported, [
+        'authorization_code',
+        'refresh_token',
+        'urn:ietf:params:oauth:grant-type:device_code',
+        'urn:ietf:params:oauth:grant-type:token-exchange',
+      ]);
+      assert.deepEqual(metadata.token_endpoint_auth_methods_supported, [
+        'client_secret_basic',
+        'client_secret_post',
+        'private_key_jwt',
+        'none',
+      ]);
+      assert.ok(!(metadata.token_endpoint_auth_signing_alg_values_supported as string[]).includes('none'));
+      assert.deepEqual(metadata.code_challenge_methods_supported, ['S256']);
     }
   });
 

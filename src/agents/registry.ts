@@ -18,6 +18,8 @@ export interface AgentInput {
   redirectUris: string[];
   jwks?: unknown;
   jwksUri?: string | undefined;
+  /** A public client (no credentials): it can connect, never mint (SPEC 1.1, 9.1). */
+  public?: boolean | undefined;
 }
 
 export interface Registered {
@@ -38,6 +40,23 @@ export async function registerAgent(store: Store, input: AgentInput): Promise<Re
 
   if (input.jwks !== undefined && input.jwksUri !== undefined) {
     throw new UsageError('give either --jwks or --jwks-uri, not both');
+  }
+
+  if (input.public === true) {
+    if (input.jwks !== undefined || input.jwksUri !== undefined) {
+      throw new UsageError('a --public agent has no keys; drop --jwks and --jwks-uri');
+    }
+    const agent = store.insertAgent({
+      clientId: newId('agt'),
+      name,
+      logoUri,
+      redirectUris,
+      tokenEndpointAuthMethod: 'none',
+      secretHash: null,
+      jwks: null,
+      jwksUri: null,
+    });
+    return { agent };
   }
 
   if (input.jwks !== undefined || input.jwksUri !== undefined) {

@@ -13,7 +13,7 @@ import type { DelegationStore } from '../db/delegations.ts';
 import type { Store } from '../db/store.ts';
 import { delegationFromForm, MODE_CHOICES } from '../delegations/form.ts';
 import type { ServiceMetadata } from '../services/discovery.ts';
-import type { ServiceDirectory } from '../services/directory.ts';
+import { isDiscoveryFailure, type ServiceDirectory } from '../services/directory.ts';
 import { PageError } from '../web/errors.ts';
 import type { Sessions, WebState } from '../web/session.ts';
 import type { Views } from '../web/views.ts';
@@ -102,7 +102,8 @@ export function interactionRoutes(options: Options): Router {
       try {
         service = await directory.forAudience(audience, []);
       } catch (error) {
-        serviceError = (error as Error).message;
+        if (!isDiscoveryFailure(error)) throw error;
+        serviceError = error.message;
       }
     }
 
@@ -153,7 +154,8 @@ export function interactionRoutes(options: Options): Router {
     const audience = typeof interaction.params.audience === 'string' ? interaction.params.audience : null;
     if (audience !== null && body.delegate === 'yes') {
       const service = await directory.forAudience(audience, []).catch((error: unknown) => {
-        throw new PageError(400, 'The service could not be checked', (error as Error).message, { cause: error });
+        if (!isDiscoveryFailure(error)) throw error;
+        throw new PageError(400, 'The service could not be checked', error.message, { cause: error });
       });
       const delegation = delegations.createDelegation(
         delegationFromForm(body, {

@@ -61,10 +61,10 @@ export interface AuthorizationServerOptions {
 
 /** The client metadata oidc-provider sees for an agent. */
 export function clientMetadataOf(agent: Agent, idTokenAlg: string): AdapterPayload {
-  const confidential = agent.tokenEndpointAuthMethod !== 'none';
-  const grantTypes = [DEVICE_CODE_GRANT, 'refresh_token'];
+  // Token exchange is listed for public agents too, so that the mint itself answers them with
+  // `unauthorized_client` (RFC 6749 section 5.2) rather than a generic refusal.
+  const grantTypes = [DEVICE_CODE_GRANT, 'refresh_token', TOKEN_EXCHANGE_GRANT];
   if (agent.redirectUris.length > 0) grantTypes.unshift('authorization_code');
-  if (confidential) grantTypes.push(TOKEN_EXCHANGE_GRANT);
 
   return {
     client_id: agent.clientId,

@@ -4,8 +4,13 @@
  * a day), so approving a delegation shows exactly what the service published.
  */
 import type { DelegationStore } from '../db/delegations.ts';
-import { discoverAudience, discoverService, type ServiceMetadata } from './discovery.ts';
-import type { FetchGuard } from './fetch.ts';
+import {
+  discoverAudience,
+  discoverService,
+  ServiceDiscoveryError,
+  type ServiceMetadata,
+} from './discovery.ts';
+import { GuardedFetchError, type FetchGuard } from './fetch.ts';
 
 const MIN_CACHE_SECONDS = 60;
 const DEFAULT_CACHE_SECONDS = 300;
@@ -42,4 +47,9 @@ export class ServiceDirectory {
     const ttl = Math.min(MAX_CACHE_SECONDS, Math.max(MIN_CACHE_SECONDS, metadata.maxAge ?? DEFAULT_CACHE_SECONDS));
     this.#delegations.cacheService(metadata.audience, metadata as unknown as Record<string, unknown>, ttl);
   }
+}
+
+/** A failure whose message is meant for the person: the service, not Deputy, is at fault. */
+export function isDiscoveryFailure(error: unknown): error is Error {
+  return error instanceof ServiceDiscoveryError || error instanceof GuardedFetchError;
 }

@@ -12,7 +12,7 @@ import type { Delegation, DelegationStore } from '../db/delegations.ts';
 import { epoch, type Store, type User } from '../db/store.ts';
 import { delegationFromForm, MODE_CHOICES } from '../delegations/form.ts';
 import type { ServiceMetadata } from '../services/discovery.ts';
-import type { ServiceDirectory } from '../services/directory.ts';
+import { isDiscoveryFailure, type ServiceDirectory } from '../services/directory.ts';
 import { PageError } from './errors.ts';
 import type { Sessions, WebState } from './session.ts';
 import type { Views } from './views.ts';
@@ -158,7 +158,8 @@ export function pageRoutes(options: Options): Router {
     try {
       service = await directory.forAudience(request.audience, request.resources);
     } catch (error) {
-      serviceError = (error as Error).message;
+      if (!isDiscoveryFailure(error)) throw error;
+      serviceError = error.message;
     }
     render(ctx, 'consent', { request, agent, service, serviceError, modes: MODE_CHOICES, user });
   });
@@ -251,7 +252,8 @@ async function discover(fn: () => Promise<ServiceMetadata>): Promise<ServiceMeta
   try {
     return await fn();
   } catch (error) {
-    throw new PageError(400, 'The service could not be checked', (error as Error).message, { cause: error });
+    if (!isDiscoveryFailure(error)) throw error;
+    throw new PageError(400, 'The service could not be checked', error.message, { cause: error });
   }
 }
 
