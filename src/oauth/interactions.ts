@@ -117,7 +117,6 @@ export function interactionRoutes(options: Options): Router {
       audience,
       service,
       serviceError,
-      serviceScope: serviceScopes(String(interaction.params.scope ?? '')),
       modes: MODE_CHOICES,
     });
   });
@@ -163,7 +162,7 @@ export function interactionRoutes(options: Options): Router {
           agentClientId: clientId,
           service,
           resources: service.resources,
-          scope: serviceScopes(String(interaction.params.scope ?? '')),
+          scope: chosenScopes(body.scope, service.scopesSupported),
         }),
       );
       log.info(
@@ -184,10 +183,8 @@ export function interactionRoutes(options: Options): Router {
   return router;
 }
 
-/** Scopes in a connect request that are not Deputy's own are meant for the service. */
-function serviceScopes(scope: string): string {
-  return scope
-    .split(' ')
-    .filter((s) => s !== '' && !SCOPES.includes(s))
-    .join(' ');
+/** The service scopes the person ticked, kept only if the service publishes them. */
+export function chosenScopes(value: unknown, supported: string[]): string {
+  const chosen = Array.isArray(value) ? value : [value];
+  return chosen.filter((s): s is string => typeof s === 'string' && supported.includes(s)).join(' ');
 }

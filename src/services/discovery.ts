@@ -102,6 +102,13 @@ export async function discoverAudience(
     readAuthorizationServer(audience, guard),
     Promise.all(requested.map((resource) => readGovernedResource(resource, audience, guard))),
   ]);
+
+  if (requested.length === 0) {
+    // No resource named: a service whose API lives at its issuer's own address says there who
+    // it is (name, logo, scopes). Optional; any failure just leaves those unknown.
+    const own = await readGovernedResource(audience, audience, guard).catch(() => undefined);
+    if (own !== undefined) return assemble(audience, [audience], [own], serverDocument, guard);
+  }
   return assemble(audience, requested, resourceDocuments, serverDocument, guard);
 }
 

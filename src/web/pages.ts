@@ -13,6 +13,7 @@ import { epoch, type Store, type User } from '../db/store.ts';
 import { delegationFromForm, MODE_CHOICES } from '../delegations/form.ts';
 import type { ServiceMetadata } from '../services/discovery.ts';
 import { isDiscoveryFailure, type ServiceDirectory } from '../services/directory.ts';
+import { chosenScopes } from '../oauth/interactions.ts';
 import { PageError } from './errors.ts';
 import type { Sessions, WebState } from './session.ts';
 import type { Views } from './views.ts';
@@ -92,8 +93,7 @@ export function pageRoutes(options: Options): Router {
     sessions.requireCsrf(ctx, body.csrf);
     const agent = connectedAgent(user, String(body.agent ?? ''));
     const service = await discover(() => directory.forAudience(String(body.audience ?? ''), []));
-    const supported = new Set(service.scopesSupported);
-    const scope = list(body.scope).filter((s) => supported.has(s)).join(' ');
+    const scope = chosenScopes(body.scope, service.scopesSupported);
 
     const delegation = delegations.createDelegation(
       delegationFromForm(body, {
@@ -255,9 +255,4 @@ async function discover(fn: () => Promise<ServiceMetadata>): Promise<ServiceMeta
     if (!isDiscoveryFailure(error)) throw error;
     throw new PageError(400, 'The service could not be checked', error.message, { cause: error });
   }
-}
-
-function list(value: unknown): string[] {
-  if (Array.isArray(value)) return value.filter((v): v is string => typeof v === 'string');
-  return typeof value === 'string' && value !== '' ? [value] : [];
 }
