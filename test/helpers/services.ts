@@ -72,6 +72,8 @@ export interface AuthMdServiceOptions {
   name?: string;
   /** How revocations arrive. Default `'events'`. */
   dialect?: 'events' | 'logout';
+  /** Port on 127.0.0.1. Default 0 (any free port). */
+  port?: number;
 }
 
 export interface AuthMdService {
@@ -123,7 +125,7 @@ class Rejection extends Error {
 }
 
 export async function startAuthMdService(options: AuthMdServiceOptions): Promise<AuthMdService> {
-  const { server, url } = await listen();
+  const { server, url } = await listen(options.port);
   const issuer = url;
   const resource = `${url}/api`;
   const resourceMetadataUrl = `${url}/.well-known/oauth-protected-resource/api`;
@@ -641,9 +643,9 @@ function oauthError(status: number, error: string, description: string, headers:
   return json(status, { error, error_description: description }, { 'cache-control': 'no-store', ...headers });
 }
 
-async function listen(): Promise<{ server: Server; url: string }> {
+async function listen(port = 0): Promise<{ server: Server; url: string }> {
   const server = createServer();
-  server.listen(0, '127.0.0.1');
+  server.listen(port, '127.0.0.1');
   await once(server, 'listening');
   return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
 }
