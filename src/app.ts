@@ -20,6 +20,8 @@ import { UpstreamClient } from './upstream/client.ts';
 import { loginRoutes } from './upstream/routes.ts';
 import { DelegationStore } from './db/delegations.ts';
 import { purgeExpiredModels } from './db/oidc-adapter.ts';
+import { OutboxStore } from './db/outbox.ts';
+import { DeliveryWorker } from './events/worker.ts';
 import { interactionRoutes } from './oauth/interactions.ts';
 import { createAuthorizationServer } from './oauth/provider.ts';
 import { registerTokenExchange } from './oauth/token-exchange.ts';
@@ -33,10 +35,13 @@ export interface Deputy {
   app: Koa;
   store: Store;
   delegations: DelegationStore;
+  outbox: OutboxStore;
+  worker: DeliveryWorker;
   keys: KeyStore;
   upstream: UpstreamClient;
   devIdp: boolean;
-  close(): void;
+  /** Stops the delivery worker (letting deliveries in flight settle) and closes the database. */
+  close(): Promise<void>;
 }
 
 const PURGE_INTERVAL_MS = 10 * 60 * 1000;
@@ -117,9 +122,16 @@ async function assemble(
   });
 
   const delegations = new DelegationStore(connection.db);
-  const directory = new ServiceDirectory(delegations, {
-    allowLoopback: config.allowLoopbackServices,
-    timeoutMs: SERVICE_FETCH_TIMEOUT_MS,
+  const guard = { allowLoopback: config.allowLoopbackServices, timeoutMs: SERVICE_FETCH_TIMEOUT_MS };
+  const directory = new ServiceDirectory(delegations, guard);
+  const outbox = new OutboxStore(connection.db);
+  const worker = new DeliveryWorker({
+    issuer: config.issuer,
+    outbox,
+    keys,
+    guard,
+    log,
+    ...config.events,
   });
   const { provider, middleware: authorizationServer } = createAuthorizationServer({
     config,
@@ -136,7 +148,17 @@ async function assemble(
     metadataRoutes(config.issuer, keys),
     loginRoutes({ issuer: config.issuer, upstream, store, sessions, views, log }),
     interactionRoutes({ provider, store, delegations, directory, sessions, views, log }),
-    pageRoutes({ store, delegations, directory, sessions, views, log, upstreamIssuer: upstream.issuer }),
+    pageRoutes({
+      store,
+      delegations,
+      outbox,
+      directory,
+      sessions,
+      views,
+      log,
+      upstreamIssuer: upstream.issuer,
+      revoked: () => worker.wake(),
+    }),
   ]) {
     app.use(routes.routes());
     app.use(routes.allowedMethods());
@@ -155,16 +177,20 @@ async function assemble(
   purgeExpired();
   const purge = setInterval(purgeExpired, PURGE_INTERVAL_MS);
   purge.unref();
+  worker.start();
 
   return {
     app,
     store,
     delegations,
+    outbox,
+    worker,
     keys,
     upstream,
     devIdp,
-    close() {
+    async close() {
       clearInterval(purge);
+      await worker.stop();
       connection.close();
     },
   };

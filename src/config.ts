@@ -30,6 +30,14 @@ export interface Config {
   allowLoopbackServices: boolean;
   trustProxy: boolean;
   logLevel: string;
+  events: {
+    /** Give up on a revocation event this long after the revocation (seconds). */
+    maxAgeSeconds: number;
+    /** First retry delay (ms); it doubles each attempt, up to an hour. */
+    retryBaseMs: number;
+    /** How often the worker looks for due events (ms). */
+    pollMs: number;
+  };
 }
 
 export type Env = Record<string, string | undefined>;
@@ -53,6 +61,11 @@ export function loadConfig(env: Env = process.env): Config {
   );
   const trustProxy = parseBoolean('DEPUTY_TRUST_PROXY', env.DEPUTY_TRUST_PROXY);
   const logLevel = env.DEPUTY_LOG_LEVEL ?? 'info';
+  const events = {
+    maxAgeSeconds: parseInteger('DEPUTY_EVENT_MAX_AGE', env.DEPUTY_EVENT_MAX_AGE, 3 * 86400, 60, 30 * 86400),
+    retryBaseMs: parseInteger('DEPUTY_EVENT_RETRY_BASE_MS', env.DEPUTY_EVENT_RETRY_BASE_MS, 5000, 10, 3600_000),
+    pollMs: parseInteger('DEPUTY_EVENT_POLL_MS', env.DEPUTY_EVENT_POLL_MS, 5000, 10, 3600_000),
+  };
 
   if (!LOG_LEVELS.includes(logLevel)) {
     throw new ConfigError(`DEPUTY_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got '${logLevel}'`);
@@ -78,6 +91,7 @@ export function loadConfig(env: Env = process.env): Config {
     allowLoopbackServices,
     trustProxy,
     logLevel,
+    events: Object.freeze(events),
   });
 }
 

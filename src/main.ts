@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { migrateDatabase, openDatabase } from './db/index.ts';
 import { DelegationStore } from './db/delegations.ts';
+import { OutboxStore } from './db/outbox.ts';
 import { Store, type Agent } from './db/store.ts';
 import { registerAgent, UsageError } from './agents/registry.ts';
 import { KeyDecryptionError } from './keys/keystore.ts';
@@ -26,7 +27,12 @@ Commands:
   agents show CLIENT_ID [--json]
   agents map CLIENT_ID --audience URL --service-client-id ID
                                 the agent's client id at a service (the ID-JAG client_id)
-  agents remove CLIENT_ID       delete an agent
+  agents remove CLIENT_ID       remove an agent: its tokens end, its delegations are
+                                revoked and the services told
+  users list [--json]           list people who signed in
+  users remove USER_ID          remove a person: as above, for all their agents
+  events list [--json] [--limit N]
+                                the revocation outbox: what was sent where, and how it went
   keys list [--json]            list signing keys and their state
 
 Configuration comes from environment variables; see the README.`;
@@ -46,6 +52,10 @@ async function run(argv: string[], out: Output = console.log): Promise<number> {
       return agentsCommand(loadConfig(), rest, out);
     case 'keys':
       return keysCommand(loadConfig(), rest, out);
+    case 'users':
+      return usersCommand(loadConfig(), rest, out);
+    case 'events':
+      return eventsCommand(loadConfig(), rest, out);
     case 'help':
     case '--help':
     case '-h':
@@ -73,7 +83,7 @@ async function serve(config: Config): Promise<Server> {
   const server = createServer(deputy.app.callback());
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) => {
-      deputy.close();
+      void deputy.close();
       if (error.code === 'EADDRINUSE') reject(new ConfigError(`PORT ${config.port} is already in use`));
       else if (error.code === 'EACCES') reject(new ConfigError(`PORT ${config.port} needs privileges Deputy does not have`));
       else reject(error);
@@ -86,8 +96,10 @@ async function serve(config: Config): Promise<Server> {
   const stop = (signal: string) => {
     log.info({ event: 'stopping', signal }, 'stopping');
     server.close(() => {
-      deputy.close();
-      process.exit(0);
+      deputy.close().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
     });
     server.closeIdleConnections();
   };
@@ -219,15 +231,77 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
     case 'remove': {
       const { positionals } = parse(rest, {});
       const clientId = onePositional(positionals, 'agents remove needs a CLIENT_ID');
-      const removed = withStore(config, (store) => store.deleteAgent(clientId));
-      if (!removed) throw new UsageError(`no agent with client id '${clientId}'`);
-      out(`Removed agent ${clientId}.`);
+      const removed = withStore(config, (store) => new DelegationStore(store.db).removeAgent(clientId));
+      if (removed === undefined) throw new UsageError(`no agent with client id '${clientId}'`);
+      out(`Removed agent ${clientId}; ${removed.revokedDelegations} delegation(s) revoked.`);
+      out('Services that received its ID-JAGs are told by the running server (deputy events list).');
       return 0;
     }
 
     default:
       throw new UsageError(sub === undefined ? 'agents needs a subcommand' : `unknown agents subcommand '${sub}'`);
   }
+}
+
+function usersCommand(config: Config, argv: string[], out: Output): number {
+  const [sub, ...rest] = argv;
+  switch (sub) {
+    case 'list': {
+      const { values } = parse(rest, { json: { type: 'boolean' } });
+      const users = withStore(config, (store) => store.listUsers());
+      const rows = users.map((u) => ({ id: u.id, email: u.email, name: u.name, created_at: iso(u.createdAt) }));
+      if (values.json) {
+        out(JSON.stringify(rows));
+        return 0;
+      }
+      if (rows.length === 0) out('No users yet; people appear here after their first sign-in.');
+      for (const row of rows) out(`${row.id}  ${row.email ?? '-'}  ${row.name ?? ''}`);
+      return 0;
+    }
+    case 'remove': {
+      const { positionals } = parse(rest, {});
+      const userId = onePositional(positionals, 'users remove needs a USER_ID');
+      const removed = withStore(config, (store) => new DelegationStore(store.db).removeUser(userId));
+      if (removed === undefined) throw new UsageError(`no user with id '${userId}'`);
+      out(`Removed user ${userId}; ${removed.revokedDelegations} delegation(s) revoked.`);
+      return 0;
+    }
+    default:
+      throw new UsageError(sub === undefined ? 'users needs a subcommand' : `unknown users subcommand '${sub}'`);
+  }
+}
+
+function eventsCommand(config: Config, argv: string[], out: Output): number {
+  const [sub, ...rest] = argv;
+  if (sub !== 'list') {
+    throw new UsageError(sub === undefined ? 'events needs a subcommand' : `unknown events subcommand '${sub}'`);
+  }
+  const { values } = parse(rest, { json: { type: 'boolean' }, limit: { type: 'string' } });
+  const limit = values.limit === undefined ? 100 : Number(values.limit);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new UsageError('--limit must be 1 to 10000');
+  const rows = withStore(config, (store) => new OutboxStore(store.db).list(limit)).map((e) => ({
+    id: e.id,
+    state: e.state,
+    audience: e.audience,
+    transport: e.dialect === 'secevent' ? 'secevent+jwt' : 'logout+jwt',
+    endpoint: e.endpoint,
+    attempts: e.attempts,
+    created: iso(e.createdAt),
+    next_attempt: e.state === 'pending' ? new Date(e.nextAttemptMs).toISOString() : null,
+    delivered: e.deliveredAt === null ? null : iso(e.deliveredAt),
+    last_error: e.lastError,
+    delegation: e.delegationId,
+  }));
+  if (values.json) {
+    out(JSON.stringify(rows));
+    return 0;
+  }
+  if (rows.length === 0) out('No revocation events.');
+  for (const row of rows) {
+    const when = row.state === 'delivered' ? row.delivered : row.state === 'pending' ? `next ${row.next_attempt}` : row.last_error;
+    out(`${row.id}  ${row.state.padEnd(9)}  ${row.audience}  attempts ${row.attempts}  ${when ?? ''}`);
+  }
+  return 0;
 }
 
 function keysCommand(config: Config, argv: string[], out: Output): number {

@@ -287,7 +287,7 @@ describe('deputy agents remove', () => {
     const agent = parseJson<AgentJson>(await run('agents', 'add', '--name', 'Doomed Bot', '--json'));
     const removed = await run('agents', 'remove', agent.client_id);
     assertSucceeded(removed);
-    assert.match(removed.stdout, new RegExp(`Removed agent ${agent.client_id}\\.`));
+    assert.match(removed.stdout, new RegExp(`^Removed agent ${agent.client_id}; 0 delegation\\(s\\) revoked\\.`));
 
     const listed = parseJson<AgentJson[]>(await run('agents', 'list', '--json'));
     assert.deepEqual(listed, []);

@@ -15,8 +15,12 @@ import {
   delegations,
   oidcModels,
   services,
+  sessions,
+  upstreamIdentities,
+  users,
   type DelegationMode,
 } from './schema.ts';
+import { enqueueRevocations } from './outbox.ts';
 import { epoch, newId } from './store.ts';
 
 export type Delegation = typeof delegations.$inferSelect;
@@ -163,13 +167,7 @@ export class DelegationStore {
           .returning({ grantId: connections.grantId })
           .all();
 
-        const grantIds = ended.map((c) => c.grantId).filter((g): g is string => g !== null);
-        if (grantIds.length > 0) {
-          tx.delete(oidcModels).where(inArray(oidcModels.grantId, grantIds)).run();
-          tx.delete(oidcModels)
-            .where(and(eq(oidcModels.model, 'Grant'), inArray(oidcModels.id, grantIds)))
-            .run();
-        }
+        deleteGrants(tx as unknown as Db, ended);
 
         const revoked = tx
           .update(delegations)
@@ -181,8 +179,9 @@ export class DelegationStore {
               isNull(delegations.revokedAt),
             ),
           )
-          .returning({ id: delegations.id })
+          .returning()
           .all();
+        enqueueRevocations(tx as unknown as Db, revoked);
 
         return { revokedDelegations: revoked.map((d) => d.id) };
       },
@@ -242,14 +241,101 @@ export class DelegationStore {
     );
   }
 
-  /** Revokes one of the user's delegations; false if it was not theirs or already revoked. */
+  /**
+   * Revokes one of the user's delegations and queues the revocation event in the same
+   * transaction; false if it was not theirs or already revoked.
+   */
   revokeDelegation(userId: string, id: string): boolean {
-    return (
-      this.#db
-        .update(delegations)
-        .set({ revokedAt: epoch() })
-        .where(and(eq(delegations.id, id), eq(delegations.userId, userId), isNull(delegations.revokedAt)))
-        .run().changes === 1
+    return this.#db.transaction(
+      (tx) => {
+        const revoked = tx
+          .update(delegations)
+          .set({ revokedAt: epoch() })
+          .where(and(eq(delegations.id, id), eq(delegations.userId, userId), isNull(delegations.revokedAt)))
+          .returning()
+          .all();
+        enqueueRevocations(tx as unknown as Db, revoked);
+        return revoked.length === 1;
+      },
+      { behavior: 'immediate' },
+    );
+  }
+
+  /**
+   * Removes an agent (`deputy agents remove`): it can no longer authenticate, its grants and
+   * tokens are deleted, its delegations revoked and their events queued. The row stays,
+   * marked removed, for the audit trail.
+   */
+  removeAgent(agentClientId: string): { revokedDelegations: number } | undefined {
+    return this.#db.transaction(
+      (tx) => {
+        const now = epoch();
+        const agent = tx
+          .update(agents)
+          .set({ removedAt: now })
+          .where(and(eq(agents.clientId, agentClientId), isNull(agents.removedAt)))
+          .returning({ clientId: agents.clientId })
+          .get();
+        if (agent === undefined) return undefined;
+
+        const ended = tx
+          .update(connections)
+          .set({ disconnectedAt: now })
+          .where(and(eq(connections.agentClientId, agentClientId), isNull(connections.disconnectedAt)))
+          .returning({ grantId: connections.grantId })
+          .all();
+        deleteGrants(tx as unknown as Db, ended);
+
+        const revoked = tx
+          .update(delegations)
+          .set({ revokedAt: now })
+          .where(and(eq(delegations.agentClientId, agentClientId), isNull(delegations.revokedAt)))
+          .returning()
+          .all();
+        enqueueRevocations(tx as unknown as Db, revoked);
+        return { revokedDelegations: revoked.length };
+      },
+      { behavior: 'immediate' },
+    );
+  }
+
+  /**
+   * Removes a person (`deputy users remove`): their sessions, connections, grants and tokens
+   * end, their delegations are revoked with events queued, and their upstream identity is
+   * unlinked, so signing in again makes a new user. The row stays, marked removed.
+   */
+  removeUser(userId: string): { revokedDelegations: number } | undefined {
+    return this.#db.transaction(
+      (tx) => {
+        const now = epoch();
+        const user = tx
+          .update(users)
+          .set({ removedAt: now })
+          .where(and(eq(users.id, userId), isNull(users.removedAt)))
+          .returning({ id: users.id })
+          .get();
+        if (user === undefined) return undefined;
+
+        tx.delete(sessions).where(eq(sessions.userId, userId)).run();
+        tx.delete(upstreamIdentities).where(eq(upstreamIdentities.userId, userId)).run();
+        const ended = tx
+          .update(connections)
+          .set({ disconnectedAt: now })
+          .where(and(eq(connections.userId, userId), isNull(connections.disconnectedAt)))
+          .returning({ grantId: connections.grantId })
+          .all();
+        deleteGrants(tx as unknown as Db, ended);
+
+        const revoked = tx
+          .update(delegations)
+          .set({ revokedAt: now })
+          .where(and(eq(delegations.userId, userId), isNull(delegations.revokedAt)))
+          .returning()
+          .all();
+        enqueueRevocations(tx as unknown as Db, revoked);
+        return { revokedDelegations: revoked.length };
+      },
+      { behavior: 'immediate' },
     );
   }
 
@@ -396,4 +482,14 @@ export class DelegationStore {
     this.#db.delete(consentRequests).where(lte(consentRequests.expiresAt, now - 86400)).run();
     this.#db.delete(services).where(lte(services.expiresAt, now)).run();
   }
+}
+
+/** Deletes the grants of ended connections and every token issued under them. */
+function deleteGrants(tx: Db, ended: { grantId: string | null }[]): void {
+  const grantIds = ended.map((c) => c.grantId).filter((g): g is string => g !== null);
+  if (grantIds.length === 0) return;
+  tx.delete(oidcModels).where(inArray(oidcModels.grantId, grantIds)).run();
+  tx.delete(oidcModels)
+    .where(and(eq(oidcModels.model, 'Grant'), inArray(oidcModels.id, grantIds)))
+    .run();
 }

@@ -21,6 +21,8 @@ export const users = sqliteTable('users', {
   authTime: integer('auth_time'),
   createdAt: integer('created_at').notNull().default(now),
   updatedAt: integer('updated_at').notNull().default(now),
+  /** Set by `deputy users remove`: the row stays for the audit trail, nothing else uses it. */
+  removedAt: integer('removed_at'),
 });
 
 /** Which upstream account a user signs in with; (issuer, subject) is the upstream identity. */
@@ -88,6 +90,8 @@ export const agents = sqliteTable('agents', {
   /** Audiences this agent may ever get ID-JAGs for; null means any the user approves. */
   allowedAudiences: text('allowed_audiences', { mode: 'json' }).$type<string[]>(),
   createdAt: integer('created_at').notNull().default(now),
+  /** Set by `deputy agents remove`: kept for the audit trail; the client id is never reused. */
+  removedAt: integer('removed_at'),
 });
 
 /**
@@ -285,3 +289,39 @@ export const services = sqliteTable('services', {
   fetchedAt: integer('fetched_at').notNull(),
   expiresAt: integer('expires_at').notNull(),
 });
+
+export type EventDialect = 'secevent' | 'logout';
+export type EventState = 'pending' | 'delivered' | 'failed';
+
+/**
+ * The revocation outbox (DESIGN 2.5): one row per service to tell, written in the same
+ * transaction as the revocation. Everything delivery needs is copied here, so the row stands on
+ * its own whatever happens to the delegation, agent or user afterwards.
+ */
+export const revocationEvents = sqliteTable(
+  'revocation_events',
+  {
+    id: text('id').primaryKey(),
+    delegationId: text('delegation_id').notNull(),
+    userId: text('user_id').notNull(),
+    agentClientId: text('agent_client_id').notNull(),
+    audience: text('audience').notNull(),
+    dialect: text('dialect').$type<EventDialect>().notNull(),
+    endpoint: text('endpoint').notNull(),
+    eventUri: text('event_uri').notNull(),
+    state: text('state').$type<EventState>().notNull(),
+    attempts: integer('attempts').notNull().default(0),
+    /** Milliseconds since the epoch: retries can be sooner than a second apart. */
+    nextAttemptMs: integer('next_attempt_ms').notNull(),
+    /** A worker that claimed the row holds it until then (ms); an expired lease is up for grabs. */
+    leaseUntilMs: integer('lease_until_ms'),
+    lastError: text('last_error'),
+    createdAt: integer('created_at').notNull(),
+    deliveredAt: integer('delivered_at'),
+  },
+  (t) => [
+    index('revocation_events_due').on(t.state, t.nextAttemptMs),
+    index('revocation_events_delegation').on(t.delegationId),
+    index('revocation_events_created').on(t.createdAt),
+  ],
+);

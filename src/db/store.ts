@@ -80,8 +80,13 @@ export class Store {
     );
   }
 
+  /** A user who has not been removed. */
   findUser(id: string): User | undefined {
-    return this.db.select().from(users).where(eq(users.id, id)).get();
+    return this.db.select().from(users).where(and(eq(users.id, id), isNull(users.removedAt))).get();
+  }
+
+  listUsers(): User[] {
+    return this.db.select().from(users).where(isNull(users.removedAt)).orderBy(asc(users.createdAt)).all();
   }
 
   upstreamIdentitiesOf(userId: string): { issuer: string; subject: string }[] {
@@ -109,7 +114,9 @@ export class Store {
       .select({ user: users })
       .from(sessions)
       .innerJoin(users, eq(users.id, sessions.userId))
-      .where(and(eq(sessions.idHash, sha256(sessionId)), gt(sessions.expiresAt, epoch())))
+      .where(
+        and(eq(sessions.idHash, sha256(sessionId)), gt(sessions.expiresAt, epoch()), isNull(users.removedAt)),
+      )
       .get();
     return row?.user;
   }
@@ -151,16 +158,22 @@ export class Store {
     return this.db.insert(agents).values(agent).returning().get();
   }
 
+  /** A registered agent that has not been removed. */
   findAgent(clientId: string): Agent | undefined {
-    return this.db.select().from(agents).where(eq(agents.clientId, clientId)).get();
+    return this.db
+      .select()
+      .from(agents)
+      .where(and(eq(agents.clientId, clientId), isNull(agents.removedAt)))
+      .get();
   }
 
   listAgents(): Agent[] {
-    return this.db.select().from(agents).orderBy(asc(agents.createdAt), asc(agents.name)).all();
-  }
-
-  deleteAgent(clientId: string): boolean {
-    return this.db.delete(agents).where(eq(agents.clientId, clientId)).run().changes > 0;
+    return this.db
+      .select()
+      .from(agents)
+      .where(isNull(agents.removedAt))
+      .orderBy(asc(agents.createdAt), asc(agents.name))
+      .all();
   }
 
   // Signing keys

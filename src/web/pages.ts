@@ -9,6 +9,7 @@ import { bodyParser } from '@koa/bodyparser';
 import type Koa from 'koa';
 import type { Logger } from 'pino';
 import type { Delegation, DelegationStore } from '../db/delegations.ts';
+import type { OutboxStore, RevocationEvent } from '../db/outbox.ts';
 import { epoch, type Store, type User } from '../db/store.ts';
 import { delegationFromForm, MODE_CHOICES } from '../delegations/form.ts';
 import type { ServiceMetadata } from '../services/discovery.ts';
@@ -21,6 +22,9 @@ import type { Views } from './views.ts';
 interface Options {
   store: Store;
   delegations: DelegationStore;
+  outbox: OutboxStore;
+  /** Called after a revocation has queued its events, to deliver them now. */
+  revoked: () => void;
   directory: ServiceDirectory;
   sessions: Sessions;
   views: Views;
@@ -39,8 +43,25 @@ export function delegationStatus(delegation: Delegation, now = epoch()): Delegat
   return 'active';
 }
 
+/** What the person sees of a revocation event's delivery. */
+export function deliveryOf(event: RevocationEvent): Record<string, unknown> {
+  const at = (seconds: number) => `${new Date(seconds * 1000).toISOString().slice(0, 16).replace('T', ' ')} UTC`;
+  if (event.state === 'delivered') {
+    return { state: 'delivered', text: `Service told ${event.deliveredAt ? at(event.deliveredAt) : ''}` };
+  }
+  if (event.state === 'failed') {
+    return { state: 'failed', text: `Service could not be told: ${event.lastError ?? 'unknown reason'}` };
+  }
+  const next = at(Math.ceil(event.nextAttemptMs / 1000));
+  const why = event.lastError ? ` (last attempt: ${event.lastError})` : '';
+  return {
+    state: 'retrying',
+    text: event.attempts === 0 ? 'Telling the service…' : `Retrying; next attempt ${next}${why}`,
+  };
+}
+
 export function pageRoutes(options: Options): Router {
-  const { store, delegations, directory, sessions, views, log } = options;
+  const { store, delegations, outbox, directory, sessions, views, log } = options;
   const router = new Router();
   const form = bodyParser({ enableTypes: ['form'] }) as Koa.Middleware;
 
@@ -65,10 +86,18 @@ export function pageRoutes(options: Options): Router {
     if (state.user === null) return render(ctx, 'home', { upstreamIssuer: options.upstreamIssuer });
 
     const now = epoch();
+    const list = delegations.delegationsOf(state.user.id);
+    const events = new Map<string, RevocationEvent>();
+    for (const event of outbox.forDelegations(list.filter((d) => d.revokedAt !== null).map((d) => d.id))) {
+      if (!events.has(event.delegationId)) events.set(event.delegationId, event);
+    }
     render(ctx, 'home', {
       upstreamIssuer: options.upstreamIssuer,
       agents: delegations.connectedAgents(state.user.id),
-      delegations: delegations.delegationsOf(state.user.id).map((d) => ({ ...d, status: delegationStatus(d, now) })),
+      delegations: list.map((d) => {
+        const event = events.get(d.id);
+        return { ...d, status: delegationStatus(d, now), delivery: event ? deliveryOf(event) : null };
+      }),
       modes: MODE_CHOICES,
     });
     return undefined;
@@ -118,6 +147,7 @@ export function pageRoutes(options: Options): Router {
       throw new PageError(404, 'Not found', 'There is no active delegation of yours with this id.');
     }
     log.info({ event: 'delegation_revoked', user: user.id, delegation: ctx.params.id }, 'delegation revoked');
+    options.revoked();
     ctx.redirect('/');
   });
 
@@ -130,6 +160,7 @@ export function pageRoutes(options: Options): Router {
     }
     const { revokedDelegations } = delegations.disconnect(user.id, clientId);
     log.info({ event: 'disconnect', user: user.id, client: clientId, revokedDelegations }, 'agent disconnected');
+    options.revoked();
     ctx.redirect('/');
   });
 
@@ -143,6 +174,7 @@ export function pageRoutes(options: Options): Router {
     const rows = delegations.assertionsOf(delegation.id, AUDIT_PAGE_SIZE + 1, (page - 1) * AUDIT_PAGE_SIZE);
     render(ctx, 'delegation', {
       delegation: { ...delegation, status: delegationStatus(delegation) },
+      deliveries: outbox.forDelegations([delegation.id]).map((e) => ({ ...deliveryOf(e), audience: e.audience })),
       agentName: store.findAgent(delegation.agentClientId)?.name ?? delegation.agentClientId,
       assertions: rows.slice(0, AUDIT_PAGE_SIZE),
       page,

@@ -58,7 +58,7 @@ export async function startDeputy(options: {
       server.closeAllConnections();
       server.close();
       await once(server, 'close');
-      deputy.close();
+      await deputy.close();
     },
   };
 }

@@ -1,0 +1,175 @@
+/**
+ * The revocation outbox: rows are written by the revocation's own transaction (enqueue), then
+ * claimed, delivered and settled by the delivery worker (events/worker.ts). A claim is a lease,
+ * so a process that dies mid-delivery leaves the row to be claimed again once the lease ends;
+ * delivery is at least once.
+ */
+import { and, asc, desc, eq, inArray, isNull, lte, or, sql } from 'drizzle-orm';
+import type { Db } from './index.ts';
+import { revocationEvents, type EventDialect } from './schema.ts';
+import { newId } from './store.ts';
+
+export type RevocationEvent = typeof revocationEvents.$inferSelect;
+
+/** Event URIs for the two transports (SPEC opening note, 2.7). */
+export const SECEVENT_REVOKED = 'https://schemas.workos.com/events/agent/identity/assertion/revoked';
+export const LOGOUT_REVOKED = 'https://schemas.workos.com/events/agent/auth/identity/assertion/revoked';
+
+/** What the service published about revocation, as kept in the delegation's snapshot. */
+interface AgentAuthSnapshot {
+  eventsEndpoint?: unknown;
+  revocationUri?: unknown;
+  eventsSupported?: unknown;
+}
+
+export interface RevokedDelegation {
+  id: string;
+  userId: string;
+  agentClientId: string;
+  audience: string;
+  uses: number;
+  serviceAgentAuth: Record<string, unknown> | null;
+}
+
+/**
+ * The transport a service asked for: a security event token to `events_endpoint` when
+ * advertised, else a logout token to `revocation_uri` (DESIGN 2.5); null when it has neither.
+ */
+export function transportFor(
+  snapshot: Record<string, unknown> | null,
+): { dialect: EventDialect; endpoint: string; eventUri: string } | null {
+  const auth = (snapshot ?? {}) as AgentAuthSnapshot;
+  const supported = Array.isArray(auth.eventsSupported)
+    ? auth.eventsSupported.filter((e): e is string => typeof e === 'string')
+    : [];
+  const revoked = supported.find((e) => e.endsWith('/assertion/revoked'));
+
+  if (typeof auth.eventsEndpoint === 'string') {
+    return { dialect: 'secevent', endpoint: auth.eventsEndpoint, eventUri: revoked ?? SECEVENT_REVOKED };
+  }
+  if (typeof auth.revocationUri === 'string') {
+    return { dialect: 'logout', endpoint: auth.revocationUri, eventUri: revoked ?? LOGOUT_REVOKED };
+  }
+  return null;
+}
+
+/**
+ * Writes the events a revocation owes, inside the caller's transaction: one per service that
+ * received at least one ID-JAG under the revoked delegations. Services that publish no
+ * revocation endpoint get a row marked failed, so the person sees why nothing was sent.
+ */
+export function enqueueRevocations(tx: Db, revoked: RevokedDelegation[], nowMs = Date.now()): number {
+  const seen = new Set<string>();
+  let count = 0;
+
+  for (const delegation of revoked) {
+    if (delegation.uses === 0) continue;
+    const key = `${delegation.userId} ${delegation.audience}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+
+    const transport = transportFor(delegation.serviceAgentAuth);
+    tx.insert(revocationEvents)
+      .values({
+        id: newId('evt'),
+        delegationId: delegation.id,
+        userId: delegation.userId,
+        agentClientId: delegation.agentClientId,
+        audience: delegation.audience,
+        dialect: transport?.dialect ?? 'secevent',
+        endpoint: transport?.endpoint ?? '',
+        eventUri: transport?.eventUri ?? SECEVENT_REVOKED,
+        state: transport === null ? 'failed' : 'pending',
+        lastError: transport === null ? 'the service publishes no revocation endpoint' : null,
+        nextAttemptMs: nowMs,
+        createdAt: Math.floor(nowMs / 1000),
+      })
+      .run();
+    count += 1;
+  }
+  return count;
+}
+
+export class OutboxStore {
+  readonly #db: Db;
+
+  constructor(db: Db) {
+    this.#db = db;
+  }
+
+  /**
+   * Takes up to `limit` due events for one delivery attempt each, leasing them until
+   * `leaseMs` from now. One immediate transaction: two workers never claim the same row.
+   */
+  claimDue(limit: number, leaseMs: number, nowMs = Date.now()): RevocationEvent[] {
+    return this.#db.transaction(
+      (tx) => {
+        const due = tx
+          .select({ id: revocationEvents.id })
+          .from(revocationEvents)
+          .where(
+            and(
+              eq(revocationEvents.state, 'pending'),
+              lte(revocationEvents.nextAttemptMs, nowMs),
+              or(isNull(revocationEvents.leaseUntilMs), lte(revocationEvents.leaseUntilMs, nowMs)),
+            ),
+          )
+          .orderBy(asc(revocationEvents.nextAttemptMs))
+          .limit(limit)
+          .all();
+        if (due.length === 0) return [];
+
+        return tx
+          .update(revocationEvents)
+          .set({ leaseUntilMs: nowMs + leaseMs, attempts: sql`${revocationEvents.attempts} + 1` })
+          .where(inArray(revocationEvents.id, due.map((row) => row.id)))
+          .returning()
+          .all();
+      },
+      { behavior: 'immediate' },
+    );
+  }
+
+  delivered(id: string, nowMs = Date.now()): void {
+    this.#settle(id, { state: 'delivered', deliveredAt: Math.floor(nowMs / 1000), lastError: null });
+  }
+
+  failed(id: string, reason: string): void {
+    this.#settle(id, { state: 'failed', lastError: reason });
+  }
+
+  retryAt(id: string, nextAttemptMs: number, reason: string): void {
+    this.#settle(id, { nextAttemptMs, lastError: reason });
+  }
+
+  /** The soonest time a pending event is due, for the worker's next wake-up. */
+  nextDueMs(): number | undefined {
+    return this.#db
+      .select({ next: sql<number>`min(${revocationEvents.nextAttemptMs})` })
+      .from(revocationEvents)
+      .where(eq(revocationEvents.state, 'pending'))
+      .get()?.next ?? undefined;
+  }
+
+  forDelegations(ids: string[]): RevocationEvent[] {
+    if (ids.length === 0) return [];
+    return this.#db
+      .select()
+      .from(revocationEvents)
+      .where(inArray(revocationEvents.delegationId, ids))
+      .orderBy(desc(revocationEvents.createdAt))
+      .all();
+  }
+
+  list(limit = 100): RevocationEvent[] {
+    return this.#db.select().from(revocationEvents).orderBy(desc(revocationEvents.createdAt)).limit(limit).all();
+  }
+
+  #settle(id: string, values: Partial<RevocationEvent>): void {
+    this.#db
+      .update(revocationEvents)
+      .set({ ...values, leaseUntilMs: null })
+      .where(and(eq(revocationEvents.id, id), eq(revocationEvents.state, 'pending')))
+      .run();
+  }
+}
