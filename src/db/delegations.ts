@@ -3,7 +3,7 @@
  * the records the mint reads and the web pages change. Read-then-write decisions run in
  * immediate transactions so that several processes on one database agree.
  */
-import { and, desc, eq, gt, inArray, isNull, lte, or, sql } from 'drizzle-orm';
+import { and, desc, eq, gt, inArray, isNull, lte, or, sql, type SQL } from 'drizzle-orm';
 import type { Db } from './index.ts';
 import {
   agents,
@@ -154,35 +154,12 @@ export class DelegationStore {
     return this.#db.transaction(
       (tx) => {
         const now = epoch();
-        const ended = tx
-          .update(connections)
-          .set({ disconnectedAt: now })
-          .where(
-            and(
-              eq(connections.userId, userId),
-              eq(connections.agentClientId, agentClientId),
-              isNull(connections.disconnectedAt),
-            ),
-          )
-          .returning({ grantId: connections.grantId })
-          .all();
-
-        deleteGrants(tx as unknown as Db, ended);
-
-        const revoked = tx
-          .update(delegations)
-          .set({ revokedAt: now })
-          .where(
-            and(
-              eq(delegations.userId, userId),
-              eq(delegations.agentClientId, agentClientId),
-              isNull(delegations.revokedAt),
-            ),
-          )
-          .returning()
-          .all();
-        enqueueRevocations(tx as unknown as Db, revoked);
-
+        const revoked = endConnections(
+          tx as unknown as Db,
+          and(eq(connections.userId, userId), eq(connections.agentClientId, agentClientId)) as SQL,
+          and(eq(delegations.userId, userId), eq(delegations.agentClientId, agentClientId)) as SQL,
+          now,
+        );
         return { revokedDelegations: revoked.map((d) => d.id) };
       },
       { behavior: 'immediate' },
@@ -278,21 +255,12 @@ export class DelegationStore {
           .get();
         if (agent === undefined) return undefined;
 
-        const ended = tx
-          .update(connections)
-          .set({ disconnectedAt: now })
-          .where(and(eq(connections.agentClientId, agentClientId), isNull(connections.disconnectedAt)))
-          .returning({ grantId: connections.grantId })
-          .all();
-        deleteGrants(tx as unknown as Db, ended);
-
-        const revoked = tx
-          .update(delegations)
-          .set({ revokedAt: now })
-          .where(and(eq(delegations.agentClientId, agentClientId), isNull(delegations.revokedAt)))
-          .returning()
-          .all();
-        enqueueRevocations(tx as unknown as Db, revoked);
+        const revoked = endConnections(
+          tx as unknown as Db,
+          eq(connections.agentClientId, agentClientId),
+          eq(delegations.agentClientId, agentClientId),
+          now,
+        );
         return { revokedDelegations: revoked.length };
       },
       { behavior: 'immediate' },
@@ -318,21 +286,12 @@ export class DelegationStore {
 
         tx.delete(sessions).where(eq(sessions.userId, userId)).run();
         tx.delete(upstreamIdentities).where(eq(upstreamIdentities.userId, userId)).run();
-        const ended = tx
-          .update(connections)
-          .set({ disconnectedAt: now })
-          .where(and(eq(connections.userId, userId), isNull(connections.disconnectedAt)))
-          .returning({ grantId: connections.grantId })
-          .all();
-        deleteGrants(tx as unknown as Db, ended);
-
-        const revoked = tx
-          .update(delegations)
-          .set({ revokedAt: now })
-          .where(and(eq(delegations.userId, userId), isNull(delegations.revokedAt)))
-          .returning()
-          .all();
-        enqueueRevocations(tx as unknown as Db, revoked);
+        const revoked = endConnections(
+          tx as unknown as Db,
+          eq(connections.userId, userId),
+          eq(delegations.userId, userId),
+          now,
+        );
         return { revokedDelegations: revoked.length };
       },
       { behavior: 'immediate' },
@@ -482,6 +441,30 @@ export class DelegationStore {
     this.#db.delete(consentRequests).where(lte(consentRequests.expiresAt, now - 86400)).run();
     this.#db.delete(services).where(lte(services.expiresAt, now)).run();
   }
+}
+
+/**
+ * Ends the connections and revokes the delegations the filters select, inside the caller's
+ * transaction: the grants and every token issued under them are deleted, and the revocation
+ * events queued.
+ */
+function endConnections(tx: Db, whichConnections: SQL, whichDelegations: SQL, now: number): Delegation[] {
+  const ended = tx
+    .update(connections)
+    .set({ disconnectedAt: now })
+    .where(and(whichConnections, isNull(connections.disconnectedAt)))
+    .returning({ grantId: connections.grantId })
+    .all();
+  deleteGrants(tx, ended);
+
+  const revoked = tx
+    .update(delegations)
+    .set({ revokedAt: now })
+    .where(and(whichDelegations, isNull(delegations.revokedAt)))
+    .returning()
+    .all();
+  enqueueRevocations(tx, revoked);
+  return revoked;
 }
 
 /** Deletes the grants of ended connections and every token issued under them. */
