@@ -21,9 +21,9 @@ import { loginRoutes } from './upstream/routes.ts';
 import { DelegationStore } from './db/delegations.ts';
 import { purgeExpiredModels } from './db/oidc-adapter.ts';
 import { OutboxStore } from './db/outbox.ts';
-import { DeliveryWorker } from './events/worker.ts';
+import { DeliveryWorker, EVENT_TOKEN_LIFETIME_SECONDS } from './events/worker.ts';
 import { interactionRoutes } from './oauth/interactions.ts';
-import { createAuthorizationServer } from './oauth/provider.ts';
+import { createAuthorizationServer, ID_TOKEN_TTL_SECONDS } from './oauth/provider.ts';
 import { registerTokenExchange } from './oauth/token-exchange.ts';
 import { ServiceDirectory } from './services/directory.ts';
 import { PageError } from './web/errors.ts';
@@ -46,10 +46,23 @@ export interface Deputy {
 
 const PURGE_INTERVAL_MS = 10 * 60 * 1000;
 const SERVICE_FETCH_TIMEOUT_MS = 5000;
+const CLOCK_SKEW_SECONDS = 60;
 const STYLESHEET = readFileSync(
   join(dirname(fileURLToPath(import.meta.url)), 'web/static/deputy.css'),
   'utf8',
 );
+
+/**
+ * How long a retired key stays published: every token it signed has expired by then, and
+ * every cache of the JWKS has let go of it (SPEC 5.3).
+ */
+export function retentionFor(config: Config): number {
+  return (
+    Math.max(ID_TOKEN_TTL_SECONDS, config.idJagTtl, EVENT_TOKEN_LIFETIME_SECONDS) +
+    config.keys.jwksMaxAge +
+    CLOCK_SKEW_SECONDS
+  );
+}
 
 export async function createDeputy(config: Config, log: Logger): Promise<Deputy> {
   const { secret } = resolveSecret(config);
@@ -71,8 +84,15 @@ async function assemble(
   secrets: ReturnType<typeof deriveSecrets>,
 ): Promise<Deputy> {
   const store = new Store(connection.db);
-  const keys = new KeyStore(store, secrets.keyEncryptionKey);
+  const keys = new KeyStore(store, secrets.keyEncryptionKey, {
+    alg: config.keys.alg,
+    prepublishSeconds: config.keys.prepublishSeconds,
+    retentionSeconds: retentionFor(config),
+    rotationDays: config.keys.rotationDays,
+  });
   await keys.init();
+  keys.on('error', (error) => log.error({ err: error }, 'signing key refresh failed'));
+  keys.start(Math.min(5000, (config.keys.prepublishSeconds * 1000) / 2));
 
   const devIdp = config.upstream === null;
   const views = createViews({ devIdp, production: config.production });
@@ -140,12 +160,13 @@ async function assemble(
     keys,
     views,
     cookieKeys: secrets.cookieKeys,
+    extend: (built) => registerTokenExchange(built, { config, store, delegations, keys, log }),
   });
-  registerTokenExchange(provider, { config, store, delegations, keys, log });
+  keys.on('change', (key) => log.info({ event: 'signing_key_active', kid: key.kid, alg: key.alg }, 'new signing key active'));
 
   for (const routes of [
     router,
-    metadataRoutes(config.issuer, keys),
+    metadataRoutes(config.issuer, keys, config.keys.jwksMaxAge),
     loginRoutes({ issuer: config.issuer, upstream, store, sessions, views, log }),
     interactionRoutes({ provider, store, delegations, directory, sessions, views, log }),
     pageRoutes({
@@ -190,6 +211,7 @@ async function assemble(
     devIdp,
     async close() {
       clearInterval(purge);
+      keys.stop();
       await worker.stop();
       connection.close();
     },

@@ -30,6 +30,15 @@ export interface Config {
   allowLoopbackServices: boolean;
   trustProxy: boolean;
   logLevel: string;
+  keys: {
+    alg: 'ES256' | 'EdDSA' | 'RS256';
+    /** Automatic rotation when the active key is this many days old; 0 turns it off. */
+    rotationDays: number;
+    /** `Cache-Control: max-age` of the JWKS (seconds). */
+    jwksMaxAge: number;
+    /** Seconds a new key is published before it signs; at least jwksMaxAge. */
+    prepublishSeconds: number;
+  };
   events: {
     /** Give up on a revocation event this long after the revocation (seconds). */
     maxAgeSeconds: number;
@@ -61,6 +70,24 @@ export function loadConfig(env: Env = process.env): Config {
   );
   const trustProxy = parseBoolean('DEPUTY_TRUST_PROXY', env.DEPUTY_TRUST_PROXY);
   const logLevel = env.DEPUTY_LOG_LEVEL ?? 'info';
+  const jwksMaxAge = parseInteger('DEPUTY_JWKS_MAX_AGE', env.DEPUTY_JWKS_MAX_AGE, 300, 1, 86400);
+  const keys = {
+    alg: parseChoice('DEPUTY_SIGNING_ALG', env.DEPUTY_SIGNING_ALG, ['ES256', 'EdDSA', 'RS256'] as const, 'ES256'),
+    rotationDays: parseInteger('DEPUTY_KEY_ROTATION_DAYS', env.DEPUTY_KEY_ROTATION_DAYS, 90, 0, 3650),
+    jwksMaxAge,
+    prepublishSeconds: parseInteger(
+      'DEPUTY_KEY_PREPUBLISH_SECONDS',
+      env.DEPUTY_KEY_PREPUBLISH_SECONDS,
+      2 * jwksMaxAge,
+      1,
+      30 * 86400,
+    ),
+  };
+  if (keys.prepublishSeconds < jwksMaxAge) {
+    throw new ConfigError(
+      `DEPUTY_KEY_PREPUBLISH_SECONDS must be at least DEPUTY_JWKS_MAX_AGE (${jwksMaxAge}), so every cache sees a key before it signs`,
+    );
+  }
   const events = {
     maxAgeSeconds: parseInteger('DEPUTY_EVENT_MAX_AGE', env.DEPUTY_EVENT_MAX_AGE, 3 * 86400, 60, 30 * 86400),
     retryBaseMs: parseInteger('DEPUTY_EVENT_RETRY_BASE_MS', env.DEPUTY_EVENT_RETRY_BASE_MS, 5000, 10, 3600_000),
@@ -91,6 +118,7 @@ export function loadConfig(env: Env = process.env): Config {
     allowLoopbackServices,
     trustProxy,
     logLevel,
+    keys: Object.freeze(keys),
     events: Object.freeze(events),
   });
 }
@@ -151,6 +179,19 @@ function parseInteger(
   }
 
   return parsed;
+}
+
+function parseChoice<T extends string>(
+  name: string,
+  value: string | undefined,
+  choices: readonly T[],
+  fallback: T,
+): T {
+  if (value === undefined) return fallback;
+  if (!(choices as readonly string[]).includes(value)) {
+    throw new ConfigError(`${name} must be one of ${choices.join(', ')}, got '${value}'`);
+  }
+  return value as T;
 }
 
 function parseBoolean(name: string, value: string | undefined): boolean {

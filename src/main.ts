@@ -11,7 +11,17 @@ import { DelegationStore } from './db/delegations.ts';
 import { OutboxStore } from './db/outbox.ts';
 import { Store, type Agent } from './db/store.ts';
 import { registerAgent, UsageError } from './agents/registry.ts';
-import { KeyDecryptionError } from './keys/keystore.ts';
+import {
+  KeyDecryptionError,
+  KeyStore,
+  keyState,
+  reencryptKeys,
+  RotationPendingError,
+  SIGNING_ALGS,
+  type SigningAlg,
+} from './keys/keystore.ts';
+import { deriveSecrets, resolveSecret } from './secret.ts';
+import { retentionFor } from './app.ts';
 import { createLogger } from './log.ts';
 
 const USAGE = `Usage: deputy [command]
@@ -33,7 +43,11 @@ Commands:
   users remove USER_ID          remove a person: as above, for all their agents
   events list [--json] [--limit N]
                                 the revocation outbox: what was sent where, and how it went
-  keys list [--json]            list signing keys and their state
+  keys list [--json]            list signing keys with their state and dates
+  keys rotate [--alg ES256|EdDSA|RS256]
+                                publish a new key; it signs after the pre-publication delay
+  keys reencrypt                re-encrypt the private keys from DEPUTY_SECRET_OLD to
+                                DEPUTY_SECRET (run with the server stopped)
 
 Configuration comes from environment variables; see the README.`;
 
@@ -304,37 +318,100 @@ function eventsCommand(config: Config, argv: string[], out: Output): number {
   return 0;
 }
 
-function keysCommand(config: Config, argv: string[], out: Output): number {
+async function keysCommand(config: Config, argv: string[], out: Output): Promise<number> {
   const [sub, ...rest] = argv;
-  if (sub !== 'list') {
-    throw new UsageError(sub === undefined ? 'keys needs a subcommand' : `unknown keys subcommand '${sub}'`);
-  }
 
-  const { values } = parse(rest, { json: { type: 'boolean' } });
-  const now = Math.floor(Date.now() / 1000);
-  const rows = withStore(config, (store) => store.allSigningKeys()).map((row) => ({
-    kid: row.kid,
-    alg: row.alg,
-    state:
-      row.removeAfter !== null && row.removeAfter <= now
-        ? 'removed'
-        : row.retiredAt !== null
-          ? 'retired'
-          : row.activatesAt > now
-            ? 'next'
-            : 'active',
-    created: iso(row.createdAt),
-    activates: iso(row.activatesAt),
-    retired: row.retiredAt === null ? null : iso(row.retiredAt),
-  }));
+  switch (sub) {
+    case 'list': {
+      const { values } = parse(rest, { json: { type: 'boolean' } });
+      const now = Math.floor(Date.now() / 1000);
+      const rows = withStore(config, (store) => store.allSigningKeys()).map((row) => ({
+        kid: row.kid,
+        alg: row.alg,
+        state: keyState(row, now),
+        created: iso(row.createdAt),
+        activates: iso(row.activatesAt),
+        retired: row.retiredAt === null ? null : iso(row.retiredAt),
+        removed: row.removeAfter === null ? null : iso(row.removeAfter),
+      }));
+      if (values.json) {
+        out(JSON.stringify(rows));
+        return 0;
+      }
+      if (rows.length === 0) out('No signing keys yet; the first start of the server creates one.');
+      for (const row of rows) {
+        const dates =
+          row.state === 'next'
+            ? `signs from ${row.activates}`
+            : row.state === 'active'
+              ? `signing since ${row.activates}`
+              : row.state === 'retired'
+                ? `retired ${row.retired}, published until ${row.removed}`
+                : `removed ${row.removed}`;
+        out(`${row.kid}  ${row.alg.padEnd(5)}  ${row.state.padEnd(7)}  ${dates}`);
+      }
+      return 0;
+    }
 
-  if (values.json) {
-    out(JSON.stringify(rows));
-    return 0;
+    case 'rotate': {
+      const { values } = parse(rest, { alg: { type: 'string' } });
+      const alg = values.alg ?? config.keys.alg;
+      if (!(SIGNING_ALGS as readonly string[]).includes(alg)) {
+        throw new UsageError(`--alg must be one of ${SIGNING_ALGS.join(', ')}`);
+      }
+      const secrets = deriveSecrets(resolveSecret(config).secret);
+      const connection = openDatabase(config.dbPath);
+      try {
+        migrateDatabase(connection);
+        const keys = new KeyStore(new Store(connection.db), secrets.keyEncryptionKey, {
+          alg: alg as SigningAlg,
+          prepublishSeconds: config.keys.prepublishSeconds,
+          retentionSeconds: retentionFor(config),
+          rotationDays: 0,
+        });
+        await keys.refresh();
+        const row = await keys.rotate(alg as SigningAlg).catch((error: unknown) => {
+          if (error instanceof RotationPendingError) throw new UsageError(error.message);
+          throw error;
+        });
+        out(`New ${row.alg} key ${row.kid} is published now and signs from ${iso(row.activatesAt)}.`);
+        out('The current key retires then and stays published until every token it signed has expired.');
+        return 0;
+      } finally {
+        connection.close();
+      }
+    }
+
+    case 'reencrypt': {
+      parse(rest, {});
+      const old = process.env.DEPUTY_SECRET_OLD;
+      if (old === undefined || old.length < 32) {
+        throw new UsageError('keys reencrypt needs DEPUTY_SECRET_OLD (the secret the keys are encrypted under)');
+      }
+      if (config.secret === undefined) {
+        throw new UsageError('keys reencrypt needs DEPUTY_SECRET (the new secret)');
+      }
+      const from = deriveSecrets(old).keyEncryptionKey;
+      const to = deriveSecrets(config.secret).keyEncryptionKey;
+      const count = withStoreAsync(config, (store) => reencryptKeys(store, from, to));
+      out(`Re-encrypted ${await count} signing key(s) under the new DEPUTY_SECRET.`);
+      out('Start Deputy with the new DEPUTY_SECRET now; people will need to sign in again.');
+      return 0;
+    }
+
+    default:
+      throw new UsageError(sub === undefined ? 'keys needs a subcommand' : `unknown keys subcommand '${sub}'`);
   }
-  if (rows.length === 0) out('No signing keys yet; the first start of the server creates one.');
-  for (const row of rows) out(`${row.kid}  ${row.alg}  ${row.state.padEnd(7)}  created ${row.created}`);
-  return 0;
+}
+
+async function withStoreAsync<T>(config: Config, fn: (store: Store) => Promise<T>): Promise<T> {
+  const connection = openDatabase(config.dbPath);
+  try {
+    migrateDatabase(connection);
+    return await fn(new Store(connection.db));
+  } finally {
+    connection.close();
+  }
 }
 
 function iso(seconds: number): string {

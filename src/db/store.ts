@@ -3,7 +3,7 @@
  * imports drizzle. Callers pass and receive plain records.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { and, asc, eq, gt, isNull, lte, or } from 'drizzle-orm';
+import { and, asc, eq, gt, isNull, lte } from 'drizzle-orm';
 import type { Db } from './index.ts';
 import {
   agents,
@@ -182,14 +182,13 @@ export class Store {
     this.db.insert(signingKeys).values(row).run();
   }
 
-  /** Keys still published: not yet past their removal time. */
-  publishedSigningKeys(now = epoch()): SigningKeyRow[] {
-    return this.db
-      .select()
-      .from(signingKeys)
-      .where(or(isNull(signingKeys.removeAfter), gt(signingKeys.removeAfter, now)))
-      .orderBy(asc(signingKeys.createdAt))
-      .all();
+  /** Ends a key's signing at `retiredAt` and its publication at `removeAfter`. */
+  retireSigningKey(kid: string, retiredAt: number, removeAfter: number): void {
+    this.db.update(signingKeys).set({ retiredAt, removeAfter }).where(eq(signingKeys.kid, kid)).run();
+  }
+
+  updateSigningKeyCiphertext(kid: string, privateJwe: string): void {
+    this.db.update(signingKeys).set({ privateJwe }).where(eq(signingKeys.kid, kid)).run();
   }
 
   allSigningKeys(): SigningKeyRow[] {

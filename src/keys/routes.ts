@@ -5,8 +5,6 @@
 import Router from '@koa/router';
 import type { KeyStore } from './keystore.ts';
 
-/** Services may cache the JWKS this long; key rotation waits at least as long (SPEC 5.3). */
-export const JWKS_MAX_AGE_SECONDS = 300;
 
 export const ID_JAG_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id-jag';
 export const ID_JAG_GRANT_PROFILE = 'urn:ietf:params:oauth:grant-profile:id-jag';
@@ -21,11 +19,15 @@ export function jwksUrl(issuer: string): string {
   return `${issuer}/.well-known/jwks.json`;
 }
 
-export function metadataRoutes(issuer: string, keys: KeyStore): Router {
+/**
+ * `jwksMaxAge` is how long services may cache the JWKS; a new key is published at least that
+ * long before it signs (SPEC 5.3).
+ */
+export function metadataRoutes(issuer: string, keys: KeyStore, jwksMaxAge: number): Router {
   const router = new Router();
 
   router.get('/.well-known/jwks.json', function jwks(ctx) {
-    ctx.set('Cache-Control', `public, max-age=${JWKS_MAX_AGE_SECONDS}`);
+    ctx.set('Cache-Control', `public, max-age=${jwksMaxAge}`);
     ctx.set('Access-Control-Allow-Origin', '*');
     ctx.type = 'application/jwk-set+json';
     ctx.body = keys.jwks();

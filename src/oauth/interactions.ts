@@ -20,7 +20,8 @@ import type { Views } from '../web/views.ts';
 import { SCOPES } from './provider.ts';
 
 interface Options {
-  provider: Provider;
+  /** The current provider: a key rotation replaces it. */
+  provider: () => Provider;
   store: Store;
   delegations: DelegationStore;
   directory: ServiceDirectory;
@@ -43,7 +44,7 @@ export function interactionRoutes(options: Options): Router {
 
   async function details(ctx: Koa.Context) {
     try {
-      const interaction = await provider.interactionDetails(ctx.req, ctx.res);
+      const interaction = await provider().interactionDetails(ctx.req, ctx.res);
       if (interaction.uid !== ctx.params.uid) throw new errors.SessionNotFound('interaction mismatch');
       return interaction;
     } catch (error) {
@@ -57,7 +58,7 @@ export function interactionRoutes(options: Options): Router {
   }
 
   async function finish(ctx: Koa.Context, result: InteractionResults, merge: boolean): Promise<void> {
-    await provider.interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: merge });
+    await provider().interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: merge });
     ctx.respond = false;
   }
 
@@ -131,7 +132,7 @@ export function interactionRoutes(options: Options): Router {
     }
 
     const clientId = String(interaction.params.client_id);
-    const { Grant } = provider;
+    const { Grant } = provider();
     const grant = interaction.grantId
       ? ((await Grant.find(interaction.grantId)) ?? new Grant({ accountId: state.user.id, clientId }))
       : new Grant({ accountId: state.user.id, clientId });

@@ -57,7 +57,12 @@ export interface AuthorizationServerOptions {
   keys: KeyStore;
   views: Views;
   cookieKeys: string[];
+  /** Called with each provider built, to register grants on it (the mint). */
+  extend: (provider: Provider) => void;
 }
+
+/** ID tokens Deputy issues to agents live this long; retired keys outlive them. */
+export const ID_TOKEN_TTL_SECONDS = 3600;
 
 /** The client metadata oidc-provider sees for an agent. */
 export function clientMetadataOf(agent: Agent, idTokenAlg: string): AdapterPayload {
@@ -83,10 +88,40 @@ export function clientMetadataOf(agent: Agent, idTokenAlg: string): AdapterPaylo
   } as AdapterPayload;
 }
 
+/**
+ * The authorization server. oidc-provider takes its signing keys once, at construction, so a
+ * new active key (a rotation) builds a new provider; everything it keeps lives in the database,
+ * so requests before and after the swap see the same grants, sessions and tokens.
+ */
 export function createAuthorizationServer(options: AuthorizationServerOptions): {
-  provider: Provider;
+  provider: () => Provider;
   middleware: Koa.Middleware;
 } {
+  let provider = buildProvider(options);
+  let mounted = mount(provider);
+  options.keys.on('change', () => {
+    provider = buildProvider(options);
+    mounted = mount(provider);
+  });
+
+  const middleware: Koa.Middleware = async function authorizationServer(ctx, next) {
+    // RFC 8414 metadata carries the same document as OpenID discovery (SPEC 9.1).
+    if (ctx.path === '/.well-known/oauth-authorization-server') {
+      ctx.path = '/.well-known/openid-configuration';
+      return mounted(ctx, next);
+    }
+
+    if (PROVIDER_PREFIXES.some((prefix) => ctx.path === prefix || ctx.path.startsWith(`${prefix}/`))) {
+      return mounted(ctx, next);
+    }
+
+    return next();
+  };
+
+  return { provider: () => provider, middleware };
+}
+
+function buildProvider(options: AuthorizationServerOptions): Provider {
   const { config, store, delegations, keys, views } = options;
   const active = keys.active();
 
@@ -178,7 +213,7 @@ export function createAuthorizationServer(options: AuthorizationServerOptions): 
       AuthorizationCode: 60,
       DeviceCode: 600,
       Grant: 365 * 86400,
-      IdToken: 3600,
+      IdToken: ID_TOKEN_TTL_SECONDS,
       Interaction: 3600,
       RefreshToken: 30 * 86400,
       Session: 12 * 3600,
@@ -219,22 +254,8 @@ export function createAuthorizationServer(options: AuthorizationServerOptions): 
     return expected.length === presented.length && timingSafeEqual(expected, presented);
   };
 
-  const mounted = mount(provider);
-  const middleware: Koa.Middleware = async function authorizationServer(ctx, next) {
-    // RFC 8414 metadata carries the same document as OpenID discovery (SPEC 9.1).
-    if (ctx.path === '/.well-known/oauth-authorization-server') {
-      ctx.path = '/.well-known/openid-configuration';
-      return mounted(ctx, next);
-    }
-
-    if (PROVIDER_PREFIXES.some((prefix) => ctx.path === prefix || ctx.path.startsWith(`${prefix}/`))) {
-      return mounted(ctx, next);
-    }
-
-    return next();
-  };
-
-  return { provider, middleware };
+  options.extend(provider);
+  return provider;
 }
 
 /**

@@ -209,7 +209,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
       const { payload, protectedHeader } = await jwtVerify(token, createLocalJWKSet(keys.jwks()), {
         issuer: config.issuer,
         audience: clientId,
-        algorithms: [keys.active().alg],
+        algorithms: keys.publishedAlgs(),
         requiredClaims: ['sub', 'exp', 'iat'],
       });
       // ID-JAGs and revocation events carry Deputy's signature too; only an ID token will do.
