@@ -10,7 +10,7 @@ import Router from '@koa/router';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import type { Config } from './config.ts';
-import { migrateDatabase, openDatabase, type Connection } from './db/index.ts';
+import { migrateDatabase, openDatabaseOrExplain, type Connection } from './db/index.ts';
 import { Store } from './db/store.ts';
 import { createDevIdp, DEV_IDP_CLIENT_ID } from './dev-idp/index.ts';
 import { KeyStore } from './keys/keystore.ts';
@@ -21,9 +21,10 @@ import { loginRoutes } from './upstream/routes.ts';
 import { DelegationStore } from './db/delegations.ts';
 import { purgeExpiredModels } from './db/oidc-adapter.ts';
 import { OutboxStore } from './db/outbox.ts';
-import { DeliveryWorker, EVENT_TOKEN_LIFETIME_SECONDS } from './events/worker.ts';
+import { DeliveryWorker } from './events/worker.ts';
 import { interactionRoutes } from './oauth/interactions.ts';
-import { createAuthorizationServer, ID_TOKEN_TTL_SECONDS } from './oauth/provider.ts';
+import { createAuthorizationServer } from './oauth/provider.ts';
+import { retentionFor } from './lifetimes.ts';
 import { registerTokenExchange } from './oauth/token-exchange.ts';
 import { ServiceDirectory } from './services/directory.ts';
 import { PageError } from './web/errors.ts';
@@ -46,28 +47,15 @@ export interface Deputy {
 
 const PURGE_INTERVAL_MS = 10 * 60 * 1000;
 const SERVICE_FETCH_TIMEOUT_MS = 5000;
-const CLOCK_SKEW_SECONDS = 60;
 const STYLESHEET = readFileSync(
   join(dirname(fileURLToPath(import.meta.url)), 'web/static/deputy.css'),
   'utf8',
 );
 
-/**
- * How long a retired key stays published: every token it signed has expired by then, and
- * every cache of the JWKS has let go of it (SPEC 5.3).
- */
-export function retentionFor(config: Config): number {
-  return (
-    Math.max(ID_TOKEN_TTL_SECONDS, config.idJagTtl, EVENT_TOKEN_LIFETIME_SECONDS) +
-    config.keys.jwksMaxAge +
-    CLOCK_SKEW_SECONDS
-  );
-}
-
 export async function createDeputy(config: Config, log: Logger): Promise<Deputy> {
   const { secret } = resolveSecret(config);
   const secrets = deriveSecrets(secret);
-  const connection = openDatabase(config.dbPath);
+  const connection = openDatabaseOrExplain(config.dbPath);
   try {
     migrateDatabase(connection);
     return await assemble(config, log, connection, secrets);
@@ -100,6 +88,7 @@ async function assemble(
 
   const app = new Koa({ keys: secrets.cookieKeys, proxy: config.trustProxy });
   app.silent = true;
+  app.use(canonicalOrigin(config.issuer));
   app.use(errorPages(views, log));
 
   let upstream: UpstreamClient;
@@ -142,6 +131,7 @@ async function assemble(
   });
 
   const delegations = new DelegationStore(connection.db);
+  delegations.clearServiceCache();
   const guard = { allowLoopback: config.allowLoopbackServices, timeoutMs: SERVICE_FETCH_TIMEOUT_MS };
   const directory = new ServiceDirectory(delegations, guard);
   const outbox = new OutboxStore(connection.db);
@@ -167,7 +157,7 @@ async function assemble(
   for (const routes of [
     router,
     metadataRoutes(config.issuer, keys, config.keys.jwksMaxAge),
-    loginRoutes({ issuer: config.issuer, upstream, store, sessions, views, log }),
+    loginRoutes({ issuer: config.issuer, upstream, forceLogin: devIdp, store, sessions, views, log }),
     interactionRoutes({ provider, store, delegations, directory, sessions, views, log }),
     pageRoutes({
       store,
@@ -215,6 +205,22 @@ async function assemble(
       await worker.stop();
       connection.close();
     },
+  };
+}
+
+/**
+ * Every URL Deputy builds (metadata endpoints, device links, redirects) names the issuer's
+ * origin, whatever Host or X-Forwarded-* headers a request carries: a forged Host must not
+ * put another `jwks_uri` or `token_endpoint` in a cached metadata document.
+ */
+function canonicalOrigin(issuer: string): Koa.Middleware {
+  const { host, protocol } = new URL(issuer);
+  const proto = protocol.slice(0, -1);
+  return async function useIssuerOrigin(ctx, next) {
+    ctx.req.headers.host = host;
+    ctx.req.headers['x-forwarded-host'] = host;
+    ctx.req.headers['x-forwarded-proto'] = proto;
+    await next();
   };
 }
 

@@ -57,12 +57,14 @@ const MAX_ID_JAG_TTL = 900;
 
 export function loadConfig(env: Env = process.env): Config {
   const production = env.NODE_ENV === 'production';
-  const issuer = parseIssuer('DEPUTY_ISSUER', env.DEPUTY_ISSUER ?? 'http://localhost:4000');
   const port = parseInteger('PORT', env.PORT, 4000, 0, 65535);
-  const host = nonEmpty('DEPUTY_HOST', env.DEPUTY_HOST) ?? '0.0.0.0';
+  // Without DEPUTY_ISSUER, the issuer is this machine at the chosen port.
+  const issuer = parseIssuer('DEPUTY_ISSUER', env.DEPUTY_ISSUER ?? `http://localhost:${port || 4000}`);
   const dbPath = nonEmpty('DEPUTY_DB', env.DEPUTY_DB) ?? './data/deputy.db';
   const secret = parseSecret(env.DEPUTY_SECRET, production);
   const upstream = parseUpstream(env, production);
+  // The development sign-in lets anyone in as anyone: by default only this machine reaches it.
+  const host = nonEmpty('DEPUTY_HOST', env.DEPUTY_HOST) ?? (upstream === null ? '127.0.0.1' : '0.0.0.0');
   const idJagTtl = parseInteger('DEPUTY_ID_JAG_TTL', env.DEPUTY_ID_JAG_TTL, 300, 1, MAX_ID_JAG_TTL);
   const allowLoopbackServices = parseBoolean(
     'DEPUTY_ALLOW_LOOPBACK_SERVICES',

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { migrateDatabase, openDatabase } from './db/index.ts';
+import { migrateDatabase, openDatabaseOrExplain } from './db/index.ts';
 import { DelegationStore } from './db/delegations.ts';
 import { OutboxStore } from './db/outbox.ts';
 import { Store, type Agent } from './db/store.ts';
@@ -21,7 +21,7 @@ import {
   type SigningAlg,
 } from './keys/keystore.ts';
 import { deriveSecrets, resolveSecret } from './secret.ts';
-import { retentionFor } from './app.ts';
+import { retentionFor } from './lifetimes.ts';
 import { createLogger } from './log.ts';
 
 const USAGE = `Usage: deputy [command]
@@ -100,12 +100,19 @@ async function serve(config: Config): Promise<Server> {
       void deputy.close();
       if (error.code === 'EADDRINUSE') reject(new ConfigError(`PORT ${config.port} is already in use`));
       else if (error.code === 'EACCES') reject(new ConfigError(`PORT ${config.port} needs privileges Deputy does not have`));
-      else reject(error);
+      else if (error.code === 'ENOTFOUND' || error.code === 'EAI_AGAIN' || error.code === 'EADDRNOTAVAIL') {
+        reject(new ConfigError(`DEPUTY_HOST '${config.host}' is not an address of this machine (${error.code})`));
+      } else reject(error);
     });
     server.listen(config.port, config.host, resolve);
   });
 
-  log.info({ event: 'listening', issuer: config.issuer, port: config.port }, `Deputy is running at ${config.issuer}`);
+  const address = server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : config.port;
+  log.info(
+    { event: 'listening', issuer: config.issuer, host: config.host, port },
+    `Deputy is running at ${config.issuer} (listening on ${config.host}:${port})`,
+  );
 
   const stop = (signal: string) => {
     log.info({ event: 'stopping', signal }, 'stopping');
@@ -123,7 +130,7 @@ async function serve(config: Config): Promise<Server> {
 }
 
 function withStore<T>(config: Config, fn: (store: Store) => T): T {
-  const connection = openDatabase(config.dbPath);
+  const connection = openDatabaseOrExplain(config.dbPath);
   try {
     migrateDatabase(connection);
     return fn(new Store(connection.db));
@@ -156,7 +163,7 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
       if (values.name === undefined) throw new UsageError('agents add needs --name');
 
       const jwks = values.jwks === undefined ? undefined : readJwksFile(values.jwks);
-      const connection = openDatabase(config.dbPath);
+      const connection = openDatabaseOrExplain(config.dbPath);
       try {
         migrateDatabase(connection);
         const { agent, clientSecret } = await registerAgent(new Store(connection.db), {
@@ -360,7 +367,7 @@ async function keysCommand(config: Config, argv: string[], out: Output): Promise
         throw new UsageError(`--alg must be one of ${SIGNING_ALGS.join(', ')}`);
       }
       const secrets = deriveSecrets(resolveSecret(config).secret);
-      const connection = openDatabase(config.dbPath);
+      const connection = openDatabaseOrExplain(config.dbPath);
       try {
         migrateDatabase(connection);
         const keys = new KeyStore(new Store(connection.db), secrets.keyEncryptionKey, {
@@ -405,7 +412,7 @@ async function keysCommand(config: Config, argv: string[], out: Output): Promise
 }
 
 async function withStoreAsync<T>(config: Config, fn: (store: Store) => Promise<T>): Promise<T> {
-  const connection = openDatabase(config.dbPath);
+  const connection = openDatabaseOrExplain(config.dbPath);
   try {
     migrateDatabase(connection);
     return await fn(new Store(connection.db));

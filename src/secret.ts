@@ -35,6 +35,12 @@ export function resolveSecret(config: Config): { secret: string; generated: bool
     return { secret, generated: false, file };
   }
 
+  if (existsSync(resolve(config.dbPath))) {
+    throw new ConfigError(
+      `${file} is missing but the database ${config.dbPath} exists, and its signing keys are encrypted under that secret: restore the file or set DEPUTY_SECRET`,
+    );
+  }
+
   mkdirSync(dirname(file), { recursive: true });
   const secret = randomBytes(32).toString('base64url');
   writeFileSync(file, `${secret}\n`, { mode: 0o600, flag: 'wx' });

@@ -93,3 +93,29 @@ describe('agents connect', () => {
     assert.equal(answer.headers.get('cache-control'), 'no-store');
   });
 });
+
+describe('the device page', () => {
+  test('accepts a code typed by the person', async () => {
+    const dir = tempDir();
+    const deputy = await startDeputy({ dbPath: `${dir.path}/deputy.db` });
+    try {
+      const agent = await addAgent(deputy);
+      const browser = new Browser();
+      const form = await browser.go(`${deputy.url}/login`);
+      await browser.submit(formAction(form), { email: 'typist@example.com' });
+      const device = await post(`${deputy.url}/device_authorization`, { scope: 'openid' }, { authorization: basic(agent) });
+
+      const page = await browser.go(`${deputy.url}/device`);
+      assert.equal(page.status, 200);
+      assert.equal((page.body.match(/name="user_code"/g) ?? []).length, 1, 'one code field');
+      assert.match(page.body, /<label for="user_code">Code<\/label>/);
+      const xsrf = /name="xsrf" value="([^"]+)"/.exec(page.body)?.[1] as string;
+      const confirm = await browser.submit(`${deputy.url}/device`, { xsrf, user_code: (device.body.user_code as string).toLowerCase() });
+      assert.equal(confirm.status, 200, confirm.body.slice(0, 300));
+      assert.match(confirm.body, /Connect Research Bot\?/);
+    } finally {
+      await deputy.stop();
+      dir.remove();
+    }
+  });
+});

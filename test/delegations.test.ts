@@ -54,7 +54,7 @@ describe('delegations in the web page', () => {
     const created = await browser.submit(`${deputy.url}/delegations`, {
       csrf,
       agent: agent.clientId,
-      audience: service.issuer,
+      service: service.resource,
       scope: 'read',
       mode: 'always',
     });
@@ -110,7 +110,7 @@ describe('delegations in the web page', () => {
   describe('refuses state-changing forms without the session token', () => {
     const forms: [string, Record<string, string>][] = [
       ['/delegations/preview', { agent: 'x', service: 'https://example.com' }],
-      ['/delegations', { agent: 'x', audience: 'https://example.com', mode: 'always' }],
+      ['/delegations', { agent: 'x', service: 'https://example.com', mode: 'always' }],
       ['/delegations/dlg_x/revoke', {}],
       ['/agents/agt_x/disconnect', {}],
       ['/logout', {}],

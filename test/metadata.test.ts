@@ -66,6 +66,27 @@ describe('published keys and metadata', () => {
     }
   });
 
+  test('builds every URL from the issuer, whatever Host the request names', async () => {
+    const { request } = await import('node:http');
+    const body = await new Promise<string>((resolve, reject) => {
+      const url = new URL(`${deputy.url}/.well-known/openid-configuration`);
+      const req = request(
+        { host: url.hostname, port: url.port, path: url.pathname, headers: { host: 'evil.example', 'x-forwarded-host': 'evil.example' } },
+        (res) => {
+          let text = '';
+          res.on('data', (chunk) => (text += chunk));
+          res.on('end', () => resolve(text));
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    const metadata = JSON.parse(body) as Record<string, string>;
+    assert.equal(metadata.token_endpoint, `${deputy.url}/token`);
+    assert.equal(metadata.jwks_uri, `${deputy.url}/.well-known/jwks.json`);
+    assert.doesNotMatch(body, /evil\.example/);
+  });
+
   test('serves the provider metadata document that names itself as client_id', async () => {
     const response = await fetch(`${deputy.url}/agent-auth.json`);
     assert.equal(response.status, 200);

@@ -389,6 +389,15 @@ describe('the mint', () => {
         assert.equal(rotated.status, 200);
         return mint(deputy, agent, { audience: service.issuer, subject_token: fresh.refresh_token, subject_token_type: REFRESH_TOKEN });
       }, 400, 'invalid_grant'],
+      ['an ID token whose grant ended when a rotated refresh token was reused', async () => {
+        // Bob's only connection of this agent: its grant ends, so the agent no longer acts for him.
+        const fresh = await connectByDevice(deputy, agent, bob);
+        const rotated = await post(`${deputy.url}/token`, { grant_type: 'refresh_token', refresh_token: fresh.refresh_token }, { authorization: basic(agent) });
+        assert.equal(rotated.status, 200);
+        const reuse = await post(`${deputy.url}/token`, { grant_type: 'refresh_token', refresh_token: fresh.refresh_token }, { authorization: basic(agent) });
+        assert.equal(reuse.body.error, 'invalid_grant');
+        return mint(deputy, agent, { audience: service.issuer, subject_token: fresh.id_token, subject_token_type: ID_TOKEN });
+      }, 400, 'invalid_grant'],
       ['a garbage refresh token', () => mint(deputy, agent, { audience: service.issuer, subject_token: 'not-a-token', subject_token_type: REFRESH_TOKEN }), 400, 'invalid_grant'],
       ['a wrong secret with Basic', () => mint(deputy, agent, { audience: service.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN }, { authorization: basic({ ...agent, clientSecret: 'wrong' }) }), 401, 'invalid_client'],
       ['a wrong secret in the form', () => mint(deputy, agent, { audience: service.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN, client_id: agent.clientId, client_secret: 'wrong' }, {}), 401, 'invalid_client'],

@@ -111,10 +111,23 @@ export class DelegationStore {
       .run();
   }
 
+  /**
+   * Whether the agent still acts for the user: a connection not ended, whose grant still
+   * exists. oidc-provider deletes a grant when it detects a rotated refresh token being reused,
+   * and that ends the connection for ID tokens too.
+   */
   isConnected(userId: string, agentClientId: string): boolean {
     const row = this.#db
       .select({ id: connections.id })
       .from(connections)
+      .innerJoin(
+        oidcModels,
+        and(
+          eq(oidcModels.model, 'Grant'),
+          eq(oidcModels.id, connections.grantId),
+          or(isNull(oidcModels.expiresAt), gt(oidcModels.expiresAt, epoch())),
+        ),
+      )
       .where(
         and(
           eq(connections.userId, userId),
@@ -433,6 +446,11 @@ export class DelegationStore {
       .onConflictDoNothing()
       .run();
     return result.changes === 1;
+  }
+
+  /** Forgets every discovered service: settings such as the loopback allowance may have changed. */
+  clearServiceCache(): void {
+    this.#db.delete(services).run();
   }
 
   purgeExpired(): void {

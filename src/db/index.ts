@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { drizzle, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
 import { migrate } from 'drizzle-orm/better-sqlite3/migrator';
+import { ConfigError } from '../config.ts';
 import * as schema from './schema.ts';
 
 export type Db = BetterSQLite3Database<typeof schema>;
@@ -36,4 +37,14 @@ export function openDatabase(path: string): Connection {
 /** Applies every migration in drizzle/ that this database has not seen. */
 export function migrateDatabase(connection: Connection): void {
   migrate(connection.db, { migrationsFolder: MIGRATIONS });
+}
+
+/** Opens the database, turning a path that cannot be opened into a one-line ConfigError. */
+export function openDatabaseOrExplain(path: string): Connection {
+  try {
+    return openDatabase(path);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new ConfigError(`DEPUTY_DB: cannot open the SQLite database '${path}': ${reason}`);
+  }
 }

@@ -13,10 +13,9 @@ import { SignJWT } from 'jose';
 import type { Logger } from 'pino';
 import type { OutboxStore, RevocationEvent } from '../db/outbox.ts';
 import type { KeyStore } from '../keys/keystore.ts';
+import { EVENT_TOKEN_LIFETIME_SECONDS } from '../lifetimes.ts';
 import { guardedFetch, GuardedFetchError, type FetchGuard } from '../services/fetch.ts';
 
-/** How long an event token is valid: short, to limit replay (SPEC 6, OIDC BCL section 4). */
-export const EVENT_TOKEN_LIFETIME_SECONDS = 120;
 const BATCH = 16;
 const MAX_REASON = 300;
 

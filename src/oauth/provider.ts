@@ -9,6 +9,7 @@ import type Koa from 'koa';
 import mount from 'koa-mount';
 import { errors, Provider, type AdapterPayload, type Configuration } from 'oidc-provider';
 import type { Config } from '../config.ts';
+import { ID_TOKEN_TTL_SECONDS } from '../lifetimes.ts';
 import { createAdapter } from '../db/oidc-adapter.ts';
 import type { DelegationStore } from '../db/delegations.ts';
 import { sha256, type Agent, type Store } from '../db/store.ts';
@@ -61,8 +62,6 @@ export interface AuthorizationServerOptions {
   extend: (provider: Provider) => void;
 }
 
-/** ID tokens Deputy issues to agents live this long; retired keys outlive them. */
-export const ID_TOKEN_TTL_SECONDS = 3600;
 
 /** The client metadata oidc-provider sees for an agent. */
 export function clientMetadataOf(agent: Agent, idTokenAlg: string): AdapterPayload {
@@ -167,7 +166,10 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
           const state = ctx.state as WebState;
           ctx.type = 'html';
           ctx.body = views.render('device-code', {
-            form,
+            // Deputy's own labelled form, without oidc-provider's inline handler; its xsrf
+            // token and action are taken from the form oidc-provider built.
+            action: /action="([^"]+)"/.exec(form)?.[1] ?? ROUTES.code_verification,
+            xsrf: /name="xsrf" value="([^"]+)"/.exec(form)?.[1] ?? '',
             error: out?.error_description ?? null,
             user: state.user,
             csrf: state.csrf,
@@ -245,7 +247,9 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
   };
 
   const provider = new Provider(config.issuer, configuration);
-  provider.proxy = config.trustProxy;
+  // Deputy's first middleware sets Host and X-Forwarded-Proto to the issuer's origin
+  // (app.ts canonicalOrigin), so the provider may read them.
+  provider.proxy = true;
 
   // Agent secrets are stored as SHA-256 hashes (agents/registry.ts); compare in constant time.
   provider.Client.prototype.compareClientSecret = async function compareClientSecret(actual: string) {

@@ -25,14 +25,18 @@ export class ServiceDirectory {
     this.#guard = guard;
   }
 
-  /** A URL a person typed: a protected resource or an authorization server. */
-  async lookup(url: string): Promise<ServiceMetadata> {
-    const metadata = await discoverService(url, this.#guard);
-    this.#remember(metadata);
-    return metadata;
+  /**
+   * A URL a person typed: a protected resource or an authorization server. Never cached:
+   * what one person typed must not become what another person is shown for that audience.
+   */
+  lookup(url: string): Promise<ServiceMetadata> {
+    return discoverService(url, this.#guard);
   }
 
-  /** An audience (and resources) an agent named; each resource must be governed by it. */
+  /**
+   * An audience (and resources) an agent named; each resource must be governed by it. Only
+   * the audience's own metadata (no resources named) is cached, since it is the same for all.
+   */
   async forAudience(audience: string, resources: string[]): Promise<ServiceMetadata> {
     if (resources.length === 0) {
       const cached = this.#delegations.cachedService(audience);

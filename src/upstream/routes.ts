@@ -19,6 +19,9 @@ const LOGIN_TTL_SECONDS = 10 * 60;
 interface Options {
   issuer: string;
   upstream: UpstreamClient;
+  /** Ask the upstream to sign in afresh each time (the development provider: signing out of
+   * Deputy must let someone else sign in at the same browser). */
+  forceLogin: boolean;
   store: Store;
   sessions: Sessions;
   views: Views;
@@ -69,6 +72,7 @@ export function loginRoutes(options: Options): Router {
       code_challenge_method: 'S256',
       state,
       nonce,
+      ...(options.forceLogin ? { prompt: 'login' } : {}),
     });
     ctx.redirect(url.href);
   });

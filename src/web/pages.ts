@@ -113,7 +113,7 @@ export function pageRoutes(options: Options): Router {
     if (url === '') throw new PageError(400, 'Enter a service', 'Enter the address of the service.');
 
     const service = await discover(() => directory.lookup(url));
-    render(ctx, 'delegation-new', { agent, service, modes: MODE_CHOICES });
+    render(ctx, 'delegation-new', { agent, service, typed: url, modes: MODE_CHOICES });
   });
 
   router.post('/delegations', form, async function createDelegation(ctx) {
@@ -121,8 +121,17 @@ export function pageRoutes(options: Options): Router {
     const body = ctx.request.body as Record<string, unknown>;
     sessions.requireCsrf(ctx, body.csrf);
     const agent = connectedAgent(user, String(body.agent ?? ''));
-    const service = await discover(() => directory.forAudience(String(body.audience ?? ''), []));
+    // Discovered again from what this person typed, never from a shared cache.
+    const service = await discover(() => directory.lookup(String(body.service ?? '')));
     const scope = chosenScopes(body.scope, service.scopesSupported);
+    const existing = delegations.activeDelegation(user.id, agent.clientId, service.audience);
+    if (existing !== undefined) {
+      throw new PageError(
+        409,
+        'Already allowed',
+        `${agent.name} may already speak for you to this service. Revoke that delegation first to change it.`,
+      );
+    }
 
     const delegation = delegations.createDelegation(
       delegationFromForm(body, {
