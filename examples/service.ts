@@ -20,6 +20,9 @@ const service = await startAuthMdService({
   trustedIssuers: [values.trust],
   name: values.name,
   port: Number(values.port),
+}).catch((error: NodeJS.ErrnoException) => {
+  console.error(error.code === 'EADDRINUSE' ? `port ${values.port} is in use; try --port` : error.message);
+  process.exit(1);
 });
 
 console.log(`${values.name} is running.`);

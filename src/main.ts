@@ -217,9 +217,12 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
     case 'show': {
       const { values, positionals } = parse(rest, { json: { type: 'boolean' } });
       const clientId = onePositional(positionals, 'agents show needs a CLIENT_ID');
-      const agent = withStore(config, (store) => store.findAgent(clientId));
-      if (agent === undefined) throw new UsageError(`no agent with client id '${clientId}'`);
-      const described = describeAgent(agent);
+      const found = withStore(config, (store) => {
+        const agent = store.findAgent(clientId);
+        return agent && { agent, mapped: new DelegationStore(store.db).serviceClientIdsOf(clientId) };
+      });
+      if (found === undefined) throw new UsageError(`no agent with client id '${clientId}'`);
+      const described = { ...describeAgent(found.agent), service_client_ids: Object.fromEntries(found.mapped.map((m) => [m.audience, m.clientId])) };
       if (values.json) {
         out(JSON.stringify(described));
         return 0;
@@ -241,6 +244,12 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
       }
       const audience = values.audience;
       const serviceClientId = values['service-client-id'];
+      if (!isIssuerUrl(audience)) {
+        throw new UsageError(`--audience must be the service's https issuer identifier, got '${audience}'`);
+      }
+      if (serviceClientId.trim() === '' || serviceClientId.length > 255 || /[\u0000-\u001f\u007f]/.test(serviceClientId)) {
+        throw new UsageError('--service-client-id must be 1 to 255 printable characters');
+      }
       withStore(config, (store) => {
         if (store.findAgent(clientId) === undefined) throw new UsageError(`no agent with client id '${clientId}'`);
         new DelegationStore(store.db).mapServiceClientId(clientId, audience, serviceClientId);
@@ -418,6 +427,17 @@ async function withStoreAsync<T>(config: Config, fn: (store: Store) => Promise<T
     return await fn(new Store(connection.db));
   } finally {
     connection.close();
+  }
+}
+
+/** An https issuer identifier (or http on loopback, for local services). */
+function isIssuerUrl(value: string): boolean {
+  try {
+    const url = new URL(value);
+    const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname);
+    return (url.protocol === 'https:' || (url.protocol === 'http:' && loopback)) && url.search === '' && url.hash === '';
+  } catch {
+    return false;
   }
 }
 

@@ -171,7 +171,7 @@ describe('deputy agents add with a client secret', () => {
     const result = await run('agents', 'show', registered.client_id, '--json');
     const shown = parseJson<Record<string, unknown>>(result);
     const { client_secret: _secret, ...withoutSecret } = registered;
-    assert.deepEqual(shown, withoutSecret);
+    assert.deepEqual(shown, { ...withoutSecret, service_client_ids: {} });
     assert.equal(result.stdout.includes(registered.client_secret ?? ''), false);
     assert.equal(result.stdout.includes(sha256Hex(registered.client_secret ?? '')), false);
     assert.equal(/secret|hash/i.test(Object.keys(shown).join(' ')), false);
@@ -296,5 +296,25 @@ describe('deputy agents remove', () => {
     assert.equal(human.stdout.includes(agent.client_id), false);
 
     assertRefused(await run('agents', 'remove', agent.client_id), `no agent with client id '${agent.client_id}'`);
+  });
+});
+
+describe('deputy agents map', () => {
+  const { run } = freshDeputy();
+
+  test('maps a client id at a service, shows it, and refuses bad values', async () => {
+    const agent = parseJson<AgentJson>(await run('agents', 'add', '--name', 'Mapped Bot', '--json'));
+    assertSucceeded(await run('agents', 'map', agent.client_id, '--audience', 'https://as.example', '--service-client-id', 'bot-at-as'));
+    const shown = parseJson<Record<string, unknown>>(await run('agents', 'show', agent.client_id, '--json'));
+    assert.deepEqual(shown.service_client_ids, { 'https://as.example': 'bot-at-as' });
+
+    assertRefused(
+      await run('agents', 'map', agent.client_id, '--audience', 'notaurl', '--service-client-id', 'x'),
+      "--audience must be the service's https issuer identifier, got 'notaurl'",
+    );
+    assertRefused(
+      await run('agents', 'map', agent.client_id, '--audience', 'https://as.example', '--service-client-id', ''),
+      '--service-client-id must be 1 to 255 printable characters',
+    );
   });
 });

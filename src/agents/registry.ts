@@ -164,6 +164,10 @@ async function publicJwks(value: unknown): Promise<{ keys: Record<string, unknow
       throw new UsageError(`--jwks key ${i} is not a valid ${alg} public key: ${(error as Error).message}`);
     }
 
+    if (jwk.kty === 'RSA' && Buffer.from(String(jwk.n), 'base64url').length * 8 < 2048) {
+      throw new UsageError(`--jwks key ${i} is an RSA key shorter than 2048 bits`);
+    }
+
     if (jwk.use !== undefined && jwk.use !== 'sig') {
       throw new UsageError(`--jwks key ${i} has "use": "${jwk.use}"; client assertion keys are "sig"`);
     }

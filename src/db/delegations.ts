@@ -422,6 +422,14 @@ export class DelegationStore {
       .get()?.clientId;
   }
 
+  serviceClientIdsOf(agentClientId: string): { audience: string; clientId: string }[] {
+    return this.#db
+      .select({ audience: agentServiceClientIds.audience, clientId: agentServiceClientIds.clientId })
+      .from(agentServiceClientIds)
+      .where(eq(agentServiceClientIds.agentClientId, agentClientId))
+      .all();
+  }
+
   mapServiceClientId(agentClientId: string, audience: string, clientId: string): void {
     this.#db
       .insert(agentServiceClientIds)

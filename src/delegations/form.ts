@@ -66,11 +66,12 @@ export function delegationFromForm(
 /** The end of the chosen day (UTC); it must be in the future and within a year. */
 function untilDate(value: unknown, now: number): number {
   const refuse = () => {
-    throw new PageError(400, 'Choose a date', `Give a date from tomorrow to ${MAX_UNTIL_DAYS} days ahead.`);
+    throw new PageError(400, 'Choose a date', `Give a date from today to ${MAX_UNTIL_DAYS} days ahead.`);
   };
   if (typeof value !== 'string' || !/^\d{4}-\d{2}-\d{2}$/.test(value)) return refuse();
   const start = Date.parse(`${value}T00:00:00Z`);
-  if (Number.isNaN(start)) return refuse();
+  // Date.parse rolls 2027-02-30 over to March; only a date that reads back the same is real.
+  if (Number.isNaN(start) || new Date(start).toISOString().slice(0, 10) !== value) return refuse();
   const end = Math.floor(start / 1000) + 86400;
   if (end <= now || end > now + MAX_UNTIL_DAYS * 86400) return refuse();
   return end;

@@ -184,8 +184,19 @@ export function interactionRoutes(options: Options): Router {
   return router;
 }
 
-/** The service scopes the person ticked, kept only if the service publishes them. */
+/** A scope token: RFC 6749 section 3.3 (printable ASCII except space, quote and backslash). */
+const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+
+/**
+ * The service scopes the person ticked. Each must be one the service publishes and a valid
+ * scope token; anything else is refused rather than dropped, so nothing is granted unseen.
+ */
 export function chosenScopes(value: unknown, supported: string[]): string {
-  const chosen = Array.isArray(value) ? value : [value];
-  return chosen.filter((s): s is string => typeof s === 'string' && supported.includes(s)).join(' ');
+  const chosen = (Array.isArray(value) ? value : [value]).filter((s) => s !== undefined && s !== '');
+  for (const scope of chosen) {
+    if (typeof scope !== 'string' || !SCOPE_TOKEN.test(scope) || !supported.includes(scope)) {
+      throw new PageError(400, 'Unknown scope', 'Choose only scopes the service publishes.');
+    }
+  }
+  return [...new Set(chosen as string[])].join(' ');
 }

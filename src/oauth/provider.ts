@@ -6,6 +6,7 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import type Koa from 'koa';
+import type { Logger } from 'pino';
 import mount from 'koa-mount';
 import { errors, Provider, type AdapterPayload, type Configuration } from 'oidc-provider';
 import type { Config } from '../config.ts';
@@ -58,6 +59,7 @@ export interface AuthorizationServerOptions {
   keys: KeyStore;
   views: Views;
   cookieKeys: string[];
+  log: Logger;
   /** Called with each provider built, to register grants on it (the mint). */
   extend: (provider: Provider) => void;
 }
@@ -258,6 +260,20 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
     return expected.length === presented.length && timingSafeEqual(expected, presented);
   };
 
+  // Refused token requests (failed client authentication, bad grants, refused mints) leave a
+  // line: code and client only, never a token or secret.
+  provider.on('grant.error', (ctx, error) => {
+    options.log.info(
+      {
+        event: 'token_refused',
+        grant_type: ctx.oidc.params?.grant_type,
+        client: ctx.oidc.client?.clientId,
+        error: error.error,
+        status: error.status,
+      },
+      'token request refused',
+    );
+  });
   options.extend(provider);
   return provider;
 }

@@ -256,7 +256,7 @@ function checkParameters(params: Params, allowLoopback: boolean): ExchangeReques
 
   const audiences = list(params.audience);
   if (audiences.length === 0) throw new errors.InvalidRequest('audience is required');
-  if (new Set(audiences).size > 1) {
+  if (audiences.length > 1) {
     throw new errors.InvalidTarget('an ID-JAG is for exactly one audience; request one per audience');
   }
   const audience = audiences[0] as string;

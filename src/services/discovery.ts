@@ -328,7 +328,8 @@ function assemble(
 ): ServiceMetadata {
   const primary = resourceDocuments[0]?.json ?? {};
   const server = serverDocument.json;
-  const scopes = stringArray(primary.scopes_supported);
+  // RFC 6749 section 3.3: a scope is one token; a published "a b" would grant two unseen.
+  const scopes = stringArray(primary.scopes_supported).filter((s) => /^[\x21\x23-\x5b\x5d-\x7e]+$/.test(s));
   return {
     audience,
     resources,
