@@ -171,7 +171,8 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
    */
   async rotate(alg: SigningAlg = this.#policy.alg): Promise<SigningKeyRow> {
     const now = epoch();
-    const row = await this.#generate(alg, now + this.#policy.prepublishSeconds);
+    // Times are whole seconds; one more makes the delay at least prepublishSeconds in full.
+    const row = await this.#generate(alg, now + this.#policy.prepublishSeconds + 1);
     const inserted = this.#store.exclusive((tx) => {
       const rows = tx.allSigningKeys();
       if (rows.some((r) => keyState(r, now) === 'next')) return false;

@@ -9,7 +9,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
+import pino, { type Logger } from 'pino';
 import { createDeputy, type Deputy } from '../../src/app.ts';
 import { loadConfig, type Env } from '../../src/config.ts';
 
@@ -38,12 +38,14 @@ export async function startDeputy(options: {
   env?: Env;
   /** A server from `listen()`, when the URL had to be known before Deputy starts. */
   listening?: { server: Server; url: string };
+  /** Where logs go; silent by default. */
+  log?: Logger;
 }): Promise<RunningDeputy> {
   const { server, url } = options.listening ?? (await listen());
   const config = loadConfig({ DEPUTY_ISSUER: url, DEPUTY_DB: options.dbPath, ...options.env });
   let deputy: Deputy;
   try {
-    deputy = await createDeputy(config, pino({ level: 'silent' }));
+    deputy = await createDeputy(config, options.log ?? pino({ level: 'silent' }));
   } catch (error) {
     server.close();
     throw error;
