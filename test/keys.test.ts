@@ -243,3 +243,49 @@ describe('changing DEPUTY_SECRET', () => {
     }
   });
 });
+
+describe('key rotation across processes and on schedule', () => {
+  test('two Deputy servers on one database agree on the active key after a rotation in one of them', async () => {
+    const dir = tempDir();
+    const dbPath = `${dir.path}/deputy.db`;
+    const env = { ...FAST_KEYS, DEPUTY_SECRET: 'p'.repeat(40) };
+    const one = await startDeputy({ dbPath, env });
+    const two = await startDeputy({ dbPath, env });
+    try {
+      assert.equal(one.deputy.keys.active().kid, two.deputy.keys.active().kid);
+      const next = await one.deputy.keys.rotate();
+      await sleep(700);
+      assert.ok((await jwks(two)).some((k) => k.kid === next.kid), 'the other process publishes it before it signs');
+      assert.notEqual(two.deputy.keys.active().kid, next.kid);
+      await sleep(next.activatesAt * 1000 - Date.now() + 100);
+      assert.equal(one.deputy.keys.active().kid, next.kid);
+      assert.equal(two.deputy.keys.active().kid, next.kid);
+    } finally {
+      await one.stop();
+      await two.stop();
+      dir.remove();
+    }
+  });
+
+  test('rotates by itself when the active key is older than DEPUTY_KEY_ROTATION_DAYS', async () => {
+    const dir = tempDir();
+    const dbPath = `${dir.path}/deputy.db`;
+    const deputy = await startDeputy({ dbPath, env: { ...FAST_KEYS, DEPUTY_SECRET: 'r'.repeat(40), DEPUTY_KEY_ROTATION_DAYS: '30' } });
+    try {
+      await deputy.deputy.keys.rotateIfDue();
+      assert.equal(deputy.deputy.keys.describe().length, 1, 'a new key is not due yet');
+
+      const { openDatabase } = await import('../src/db/index.ts');
+      const connection = openDatabase(dbPath);
+      connection.sqlite.prepare('update signing_keys set activates_at = activates_at - 31 * 86400, created_at = created_at - 31 * 86400').run();
+      connection.close();
+
+      // The refresh timer runs every half pre-publication period (500 ms here).
+      for (let i = 0; i < 40 && deputy.deputy.keys.describe().length === 1; i += 1) await sleep(50);
+      assert.deepEqual(deputy.deputy.keys.describe().map((k) => k.state), ['active', 'next']);
+    } finally {
+      await deputy.stop();
+      dir.remove();
+    }
+  });
+});
