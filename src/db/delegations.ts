@@ -4,7 +4,7 @@
  * immediate transactions so that several processes on one database agree.
  */
 import { and, desc, eq, gt, inArray, isNull, lte, or, sql, type SQL } from 'drizzle-orm';
-import type { Db } from './index.ts';
+import type { Db, Executor } from './index.ts';
 import {
   agents,
   agentServiceClientIds,
@@ -168,7 +168,7 @@ export class DelegationStore {
       (tx) => {
         const now = epoch();
         const revoked = endConnections(
-          tx as unknown as Db,
+          tx,
           and(eq(connections.userId, userId), eq(connections.agentClientId, agentClientId)) as SQL,
           and(eq(delegations.userId, userId), eq(delegations.agentClientId, agentClientId)) as SQL,
           now,
@@ -244,7 +244,7 @@ export class DelegationStore {
           .where(and(eq(delegations.id, id), eq(delegations.userId, userId), isNull(delegations.revokedAt)))
           .returning()
           .all();
-        enqueueRevocations(tx as unknown as Db, revoked);
+        enqueueRevocations(tx, revoked);
         return revoked.length === 1;
       },
       { behavior: 'immediate' },
@@ -269,7 +269,7 @@ export class DelegationStore {
         if (agent === undefined) return undefined;
 
         const revoked = endConnections(
-          tx as unknown as Db,
+          tx,
           eq(connections.agentClientId, agentClientId),
           eq(delegations.agentClientId, agentClientId),
           now,
@@ -300,7 +300,7 @@ export class DelegationStore {
         tx.delete(sessions).where(eq(sessions.userId, userId)).run();
         tx.delete(upstreamIdentities).where(eq(upstreamIdentities.userId, userId)).run();
         const revoked = endConnections(
-          tx as unknown as Db,
+          tx,
           eq(connections.userId, userId),
           eq(delegations.userId, userId),
           now,
@@ -474,7 +474,7 @@ export class DelegationStore {
  * transaction: the grants and every token issued under them are deleted, and the revocation
  * events queued.
  */
-function endConnections(tx: Db, whichConnections: SQL, whichDelegations: SQL, now: number): Delegation[] {
+function endConnections(tx: Executor, whichConnections: SQL, whichDelegations: SQL, now: number): Delegation[] {
   const ended = tx
     .update(connections)
     .set({ disconnectedAt: now })
@@ -494,7 +494,7 @@ function endConnections(tx: Db, whichConnections: SQL, whichDelegations: SQL, no
 }
 
 /** Deletes the grants of ended connections and every token issued under them. */
-function deleteGrants(tx: Db, ended: { grantId: string | null }[]): void {
+function deleteGrants(tx: Executor, ended: { grantId: string | null }[]): void {
   const grantIds = ended.map((c) => c.grantId).filter((g): g is string => g !== null);
   if (grantIds.length === 0) return;
   tx.delete(oidcModels).where(inArray(oidcModels.grantId, grantIds)).run();

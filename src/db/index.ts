@@ -12,6 +12,8 @@ import { ConfigError } from '../config.ts';
 import * as schema from './schema.ts';
 
 export type Db = BetterSQLite3Database<typeof schema>;
+/** The database or a transaction on it: what a query helper inside a transaction takes. */
+export type Executor = Db | Parameters<Parameters<Db['transaction']>[0]>[0];
 
 export interface Connection {
   db: Db;

@@ -5,7 +5,7 @@
  * delivery is at least once.
  */
 import { and, asc, desc, eq, inArray, isNull, lte, or, sql } from 'drizzle-orm';
-import type { Db } from './index.ts';
+import type { Db, Executor } from './index.ts';
 import { revocationEvents, type EventDialect } from './schema.ts';
 import { newId } from './store.ts';
 
@@ -58,7 +58,7 @@ export function transportFor(
  * received at least one ID-JAG under the revoked delegations. Services that publish no
  * revocation endpoint get a row marked failed, so the person sees why nothing was sent.
  */
-export function enqueueRevocations(tx: Db, revoked: RevokedDelegation[], nowMs = Date.now()): number {
+export function enqueueRevocations(tx: Executor, revoked: RevokedDelegation[], nowMs = Date.now()): number {
   const seen = new Set<string>();
   let count = 0;
 

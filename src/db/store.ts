@@ -200,6 +200,7 @@ export class Store {
    * several processes on one database must agree on.
    */
   exclusive<T>(fn: (store: Store) => T): T {
-    return this.db.transaction((tx) => fn(new Store(tx as unknown as Db)), { behavior: 'immediate' });
+    // A transaction answers the same queries as the database; Store only uses those.
+    return this.db.transaction((tx) => fn(new Store(tx as Db)), { behavior: 'immediate' });
   }
 }

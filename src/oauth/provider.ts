@@ -229,12 +229,11 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
       identity_chaining_requested_token_types_supported: [ID_JAG_TOKEN_TYPE],
       service_documentation: `${config.issuer}/`,
     },
-    assertJwtClientAuthClaimsAndHeader: async (ctx, claims, header, client) => {
+    assertJwtClientAuthClaimsAndHeader: async (_ctx, claims, header, client) => {
       assertClientAssertion(config.issuer, claims, header, client.clientId);
       if (!delegations.useClientAssertionJti(client.clientId, String(claims.jti), Number(claims.exp))) {
         throw new errors.InvalidClientAuth('client assertion tokens must only be used once');
       }
-      void ctx;
     },
     renderError: (ctx, out) => {
       const state = ctx.state as WebState;

@@ -66,7 +66,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
     }
 
     const request = checkParameters(params, config.allowLoopbackServices);
-    const user = await subjectUser(ctx, provider, params, client.clientId);
+    const user = await subjectUser(provider, params, client.clientId);
 
     const agent = store.findAgent(client.clientId);
     if (agent === undefined) throw new errors.InvalidClient('client not found');
@@ -170,7 +170,6 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
 
   /** Step 2: the subject token is Deputy's own, issued to this agent, and still valid. */
   async function subjectUser(
-    ctx: KoaContextWithOIDC,
     provider: Provider,
     params: Params,
     clientId: string,
@@ -200,7 +199,6 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
     // Step 3: the user's current claims, re-read.
     const user = store.findUser(accountId);
     if (user === undefined) throw new errors.InvalidGrant('the subject of subject_token no longer exists');
-    void ctx;
     return user;
   }
 
