@@ -64,10 +64,77 @@ export interface AssertionRecord {
 
 export class DelegationStore {
   readonly #db: Db;
+  // The queries of every mint, prepared once (see Store).
   readonly #activeDelegation;
+  readonly #isConnected;
+  readonly #useDelegation;
+  readonly #recordAssertion;
+  readonly #serviceClientId;
 
   constructor(db: Db) {
     this.#db = db;
+    this.#isConnected = db
+      .select({ id: connections.id })
+      .from(connections)
+      .innerJoin(
+        oidcModels,
+        and(
+          eq(oidcModels.model, 'Grant'),
+          eq(oidcModels.id, connections.grantId),
+          or(isNull(oidcModels.expiresAt), gt(oidcModels.expiresAt, sql.placeholder('now'))),
+        ),
+      )
+      .where(
+        and(
+          eq(connections.userId, sql.placeholder('userId')),
+          eq(connections.agentClientId, sql.placeholder('agentClientId')),
+          isNull(connections.disconnectedAt),
+        ),
+      )
+      .limit(1)
+      .prepare();
+    // A use counts, and consumes a `once` delegation, only while the delegation is usable.
+    this.#useDelegation = db
+      .update(delegations)
+      .set({
+        uses: sql`${delegations.uses} + 1`,
+        lastUsedAt: sql`${sql.placeholder('now')}`,
+        consumedAt: sql`case when ${delegations.mode} = 'once' then ${sql.placeholder('now')} else ${delegations.consumedAt} end`,
+      })
+      .where(
+        and(
+          eq(delegations.id, sql.placeholder('id')),
+          isNull(delegations.revokedAt),
+          isNull(delegations.consumedAt),
+          or(isNull(delegations.expiresAt), gt(delegations.expiresAt, sql.placeholder('now'))),
+        ),
+      )
+      .prepare();
+    this.#recordAssertion = db
+      .insert(assertions)
+      .values({
+        jti: sql.placeholder('jti'),
+        delegationId: sql.placeholder('delegationId'),
+        userId: sql.placeholder('userId'),
+        agentClientId: sql.placeholder('agentClientId'),
+        audience: sql.placeholder('audience'),
+        resources: sql.placeholder('resources'),
+        scope: sql.placeholder('scope'),
+        kid: sql.placeholder('kid'),
+        issuedAt: sql.placeholder('issuedAt'),
+        expiresAt: sql.placeholder('expiresAt'),
+      })
+      .prepare();
+    this.#serviceClientId = db
+      .select({ clientId: agentServiceClientIds.clientId })
+      .from(agentServiceClientIds)
+      .where(
+        and(
+          eq(agentServiceClientIds.agentClientId, sql.placeholder('agentClientId')),
+          eq(agentServiceClientIds.audience, sql.placeholder('audience')),
+        ),
+      )
+      .prepare();
     this.#activeDelegation = db
       .select()
       .from(delegations)
@@ -117,27 +184,7 @@ export class DelegationStore {
    * and that ends the connection for ID tokens too.
    */
   isConnected(userId: string, agentClientId: string): boolean {
-    const row = this.#db
-      .select({ id: connections.id })
-      .from(connections)
-      .innerJoin(
-        oidcModels,
-        and(
-          eq(oidcModels.model, 'Grant'),
-          eq(oidcModels.id, connections.grantId),
-          or(isNull(oidcModels.expiresAt), gt(oidcModels.expiresAt, epoch())),
-        ),
-      )
-      .where(
-        and(
-          eq(connections.userId, userId),
-          eq(connections.agentClientId, agentClientId),
-          isNull(connections.disconnectedAt),
-        ),
-      )
-      .limit(1)
-      .get();
-    return row !== undefined;
+    return this.#isConnected.get({ userId, agentClientId, now: epoch() }) !== undefined;
   }
 
   connectedAgents(userId: string): ConnectedAgent[] {
@@ -204,27 +251,12 @@ export class DelegationStore {
    * when the delegation is no longer usable.
    */
   useDelegation(delegation: Delegation, record: AssertionRecord): boolean {
+    // The prepared statements run on this connection, so inside this transaction.
     return this.#db.transaction(
-      (tx) => {
-        const now = record.issuedAt;
-        const usable = and(
-          eq(delegations.id, delegation.id),
-          isNull(delegations.revokedAt),
-          isNull(delegations.consumedAt),
-          or(isNull(delegations.expiresAt), gt(delegations.expiresAt, now)),
-        );
-        const changes = tx
-          .update(delegations)
-          .set({
-            uses: sql`${delegations.uses} + 1`,
-            lastUsedAt: now,
-            ...(delegation.mode === 'once' ? { consumedAt: now } : {}),
-          })
-          .where(usable)
-          .run().changes;
-
+      () => {
+        const changes = this.#useDelegation.run({ id: delegation.id, now: record.issuedAt }).changes;
         if (changes !== 1) return false;
-        tx.insert(assertions).values({ ...record, delegationId: delegation.id }).run();
+        this.#recordAssertion.run({ ...record, delegationId: delegation.id });
         return true;
       },
       { behavior: 'immediate' },
@@ -413,13 +445,7 @@ export class DelegationStore {
 
   /** The agent's client id at this service, if an administrator mapped one. */
   serviceClientId(agentClientId: string, audience: string): string | undefined {
-    return this.#db
-      .select({ clientId: agentServiceClientIds.clientId })
-      .from(agentServiceClientIds)
-      .where(
-        and(eq(agentServiceClientIds.agentClientId, agentClientId), eq(agentServiceClientIds.audience, audience)),
-      )
-      .get()?.clientId;
+    return this.#serviceClientId.get({ agentClientId, audience })?.clientId;
   }
 
   serviceClientIdsOf(agentClientId: string): { audience: string; clientId: string }[] {

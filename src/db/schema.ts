@@ -205,7 +205,8 @@ export const delegations = sqliteTable(
     createdAt: integer('created_at').notNull().default(now),
   },
   (t) => [
-    index('delegations_lookup').on(t.userId, t.agentClientId, t.audience),
+    // The mint's lookup: the newest delegation for (user, agent, audience), straight from the index.
+    index('delegations_lookup').on(t.userId, t.agentClientId, t.audience, t.createdAt),
     index('delegations_user').on(t.userId, t.createdAt),
   ],
 );

@@ -3,7 +3,7 @@
  * imports drizzle. Callers pass and receive plain records.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { and, asc, eq, gt, isNull, lte } from 'drizzle-orm';
+import { and, asc, eq, gt, isNull, lte, sql } from 'drizzle-orm';
 import type { Db } from './index.ts';
 import {
   agents,
@@ -47,9 +47,36 @@ export interface UpstreamProfile {
 
 export class Store {
   readonly db: Db;
+  // The queries every token request makes, prepared once: building and preparing a drizzle
+  // query costs more than running it (bench/mint.ts --profile).
+  readonly #findAgent;
+  readonly #findUser;
+  readonly #findSessionUser;
 
   constructor(db: Db) {
     this.db = db;
+    this.#findAgent = db
+      .select()
+      .from(agents)
+      .where(and(eq(agents.clientId, sql.placeholder('clientId')), isNull(agents.removedAt)))
+      .prepare();
+    this.#findUser = db
+      .select()
+      .from(users)
+      .where(and(eq(users.id, sql.placeholder('id')), isNull(users.removedAt)))
+      .prepare();
+    this.#findSessionUser = db
+      .select({ user: users })
+      .from(sessions)
+      .innerJoin(users, eq(users.id, sessions.userId))
+      .where(
+        and(
+          eq(sessions.idHash, sql.placeholder('idHash')),
+          gt(sessions.expiresAt, sql.placeholder('now')),
+          isNull(users.removedAt),
+        ),
+      )
+      .prepare();
   }
 
   // Users
@@ -82,7 +109,7 @@ export class Store {
 
   /** A user who has not been removed. */
   findUser(id: string): User | undefined {
-    return this.db.select().from(users).where(and(eq(users.id, id), isNull(users.removedAt))).get();
+    return this.#findUser.get({ id });
   }
 
   listUsers(): User[] {
@@ -110,15 +137,7 @@ export class Store {
   }
 
   findSessionUser(sessionId: string): User | undefined {
-    const row = this.db
-      .select({ user: users })
-      .from(sessions)
-      .innerJoin(users, eq(users.id, sessions.userId))
-      .where(
-        and(eq(sessions.idHash, sha256(sessionId)), gt(sessions.expiresAt, epoch()), isNull(users.removedAt)),
-      )
-      .get();
-    return row?.user;
+    return this.#findSessionUser.get({ idHash: sha256(sessionId), now: epoch() })?.user;
   }
 
   deleteSession(sessionId: string): void {
@@ -160,11 +179,7 @@ export class Store {
 
   /** A registered agent that has not been removed. */
   findAgent(clientId: string): Agent | undefined {
-    return this.db
-      .select()
-      .from(agents)
-      .where(and(eq(agents.clientId, clientId), isNull(agents.removedAt)))
-      .get();
+    return this.#findAgent.get({ clientId });
   }
 
   listAgents(): Agent[] {
