@@ -96,7 +96,7 @@ const server = createServer();
 server.listen(0, '127.0.0.1');
 await once(server, 'listening');
 const issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-const config = loadConfig({ DEPUTY_ISSUER: issuer, DEPUTY_DB: dbPath });
+const config = loadConfig({ DEPUTY_ISSUER: issuer, DEPUTY_DB: dbPath, DEPUTY_RATE_LIMIT_TOKEN: '0' });
 const deputy = await createDeputy(config, pino({ level: 'silent' }));
 server.on('request', deputy.app.callback());
 

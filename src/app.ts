@@ -31,6 +31,8 @@ import { PageError } from './web/errors.ts';
 import { pageRoutes, RedirectDone } from './web/pages.ts';
 import { Sessions, type WebState } from './web/session.ts';
 import { createViews, type Views } from './web/views.ts';
+import { Metrics } from './ops/metrics.ts';
+import { bodyLimit, opsRoutes, rateLimits, requestTracking } from './ops/http.ts';
 
 export interface Deputy {
   app: Koa;
@@ -41,6 +43,12 @@ export interface Deputy {
   keys: KeyStore;
   upstream: UpstreamClient;
   devIdp: boolean;
+  metrics: Metrics;
+  /**
+   * The first step of a graceful stop: /readyz answers 503 and responses close their
+   * connections, so load balancers and keep-alive clients move away.
+   */
+  beginShutdown(): void;
   /** Stops the delivery worker (letting deliveries in flight settle) and closes the database. */
   close(): Promise<void>;
 }
@@ -86,11 +94,34 @@ async function assemble(
   const views = createViews({ devIdp, production: config.production });
   const redirectUri = `${config.issuer}/login/callback`;
 
+  const delegations = new DelegationStore(connection.db);
+  const outbox = new OutboxStore(connection.db);
+  const metrics = new Metrics({
+    activeDelegations: () => delegations.countActive(),
+    outboxByState: () => outbox.countByState(),
+    signingKeyAgeSeconds: () => Math.max(0, Math.floor(Date.now() / 1000) - keys.activeSince()),
+  });
+  let draining = false;
+  const alive = connection.sqlite.prepare('select 1');
+
   const app = new Koa({ keys: secrets.cookieKeys, proxy: config.trustProxy });
   app.silent = true;
+  app.use(requestTracking({ log, metrics, draining: () => draining }));
   app.use(canonicalOrigin(config.issuer));
-  app.use(securityHeaders());
+  app.use(securityHeaders(config.issuer));
   app.use(errorPages(views, log));
+  const ops = opsRoutes({
+    metrics,
+    metricsToken: config.metricsToken,
+    readiness: {
+      database: () => alive.get() !== undefined,
+      keys: () => keys.active() !== undefined,
+      draining: () => draining,
+    },
+  });
+  app.use(ops.routes());
+  app.use(bodyLimit(config.limits.bodyBytes));
+  app.use(rateLimits(config, metrics));
 
   let upstream: UpstreamClient;
   if (config.upstream === null) {
@@ -131,11 +162,9 @@ async function assemble(
     ctx.body = STYLESHEET;
   });
 
-  const delegations = new DelegationStore(connection.db);
   delegations.clearServiceCache();
   const guard = { allowLoopback: config.allowLoopbackServices, timeoutMs: SERVICE_FETCH_TIMEOUT_MS };
   const directory = new ServiceDirectory(delegations, guard);
-  const outbox = new OutboxStore(connection.db);
   const worker = new DeliveryWorker({
     issuer: config.issuer,
     outbox,
@@ -143,6 +172,7 @@ async function assemble(
     guard,
     log,
     ...config.events,
+    onResult: (result) => metrics.delivery(result),
   });
   const { provider, middleware: authorizationServer } = createAuthorizationServer({
     config,
@@ -152,7 +182,8 @@ async function assemble(
     views,
     cookieKeys: secrets.cookieKeys,
     log,
-    extend: (built) => registerTokenExchange(built, { config, store, delegations, keys, log }),
+    metrics,
+    extend: (built) => registerTokenExchange(built, { config, store, delegations, keys, log, metrics }),
   });
   keys.on('change', (key) => log.info({ event: 'signing_key_active', kid: key.kid, alg: key.alg }, 'new signing key active'));
 
@@ -201,6 +232,10 @@ async function assemble(
     keys,
     upstream,
     devIdp,
+    metrics,
+    beginShutdown() {
+      draining = true;
+    },
     async close() {
       clearInterval(purge);
       keys.stop();
@@ -227,14 +262,26 @@ function canonicalOrigin(issuer: string): Koa.Middleware {
 }
 
 /**
- * Headers for every response: no framing (clickjacking on the consent pages), no referrer
- * leaking consent or device links, no content sniffing.
+ * Headers for every response: a Content-Security-Policy that allows no inline script or style
+ * and nothing from elsewhere but images (agents' and services' logos), no framing
+ * (clickjacking on the consent pages), no referrer leaking consent or device links, no
+ * content sniffing. oidc-provider adds the hash of its one inline script (the form_post
+ * response mode) to `script-src` itself.
  */
-// TODO(issue 6): a full Content-Security-Policy without inline script needs oidc-provider's
-// self-submitting device form replaced; until then only frame-ancestors is set.
-function securityHeaders(): Koa.Middleware {
+function securityHeaders(issuer: string): Koa.Middleware {
+  const images = issuer.startsWith('http://') ? "'self' https: http: data:" : "'self' https: data:";
+  const policy = [
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    `img-src ${images}`,
+    "font-src 'self'",
+    "connect-src 'self'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+  ].join('; ');
   return async function setSecurityHeaders(ctx, next) {
-    ctx.set('Content-Security-Policy', "frame-ancestors 'none'");
+    ctx.set('Content-Security-Policy', policy);
     ctx.set('X-Frame-Options', 'DENY');
     ctx.set('Referrer-Policy', 'no-referrer');
     ctx.set('X-Content-Type-Options', 'nosniff');

@@ -30,6 +30,22 @@ export interface Config {
   allowLoopbackServices: boolean;
   trustProxy: boolean;
   logLevel: string;
+  /** 'pretty' for people at a terminal, 'json' for log collectors. */
+  logFormat: 'json' | 'pretty';
+  /** When set, /metrics answers only requests with `Authorization: Bearer <token>`. */
+  metricsToken: string | null;
+  /** How long SIGTERM waits for requests in flight before closing their connections (ms). */
+  shutdownTimeoutMs: number;
+  limits: {
+    /** Largest request body accepted, in bytes. */
+    bodyBytes: number;
+    /** Requests per minute, 0 for no limit. */
+    tokenPerClient: number;
+    /** Failed client authentications per minute from one address. */
+    clientAuthFailuresPerAddress: number;
+    signInPerAddress: number;
+    consentPerAddress: number;
+  };
   keys: {
     alg: 'ES256' | 'EdDSA' | 'RS256';
     /** Automatic rotation when the active key is this many days old; 0 turns it off. */
@@ -54,6 +70,8 @@ export type Env = Record<string, string | undefined>;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const MIN_SECRET_LENGTH = 32;
 const MAX_ID_JAG_TTL = 900;
+/** oidc-provider refuses bodies above 56 KiB itself; Deputy's limit can only be lower. */
+const MAX_BODY_BYTES = 56 * 1024;
 
 export function loadConfig(env: Env = process.env): Config {
   const production = env.NODE_ENV === 'production';
@@ -72,6 +90,31 @@ export function loadConfig(env: Env = process.env): Config {
   );
   const trustProxy = parseBoolean('DEPUTY_TRUST_PROXY', env.DEPUTY_TRUST_PROXY);
   const logLevel = env.DEPUTY_LOG_LEVEL ?? 'info';
+  const logFormat = parseChoice(
+    'DEPUTY_LOG_FORMAT',
+    env.DEPUTY_LOG_FORMAT,
+    ['json', 'pretty'] as const,
+    !production && process.stderr.isTTY ? 'pretty' : 'json',
+  );
+  const metricsToken = nonEmpty('DEPUTY_METRICS_TOKEN', env.DEPUTY_METRICS_TOKEN) ?? null;
+  if (metricsToken !== null && metricsToken.length < 16) {
+    throw new ConfigError('DEPUTY_METRICS_TOKEN must be at least 16 characters long');
+  }
+  const shutdownTimeoutMs =
+    parseInteger('DEPUTY_SHUTDOWN_TIMEOUT', env.DEPUTY_SHUTDOWN_TIMEOUT, 10, 0, 600) * 1000;
+  const limits = {
+    bodyBytes: parseInteger('DEPUTY_BODY_LIMIT', env.DEPUTY_BODY_LIMIT, MAX_BODY_BYTES, 1024, MAX_BODY_BYTES),
+    tokenPerClient: parseInteger('DEPUTY_RATE_LIMIT_TOKEN', env.DEPUTY_RATE_LIMIT_TOKEN, 3000, 0, 10_000_000),
+    clientAuthFailuresPerAddress: parseInteger(
+      'DEPUTY_RATE_LIMIT_CLIENT_AUTH_FAILURES',
+      env.DEPUTY_RATE_LIMIT_CLIENT_AUTH_FAILURES,
+      30,
+      0,
+      10_000_000,
+    ),
+    signInPerAddress: parseInteger('DEPUTY_RATE_LIMIT_SIGN_IN', env.DEPUTY_RATE_LIMIT_SIGN_IN, 30, 0, 10_000_000),
+    consentPerAddress: parseInteger('DEPUTY_RATE_LIMIT_CONSENT', env.DEPUTY_RATE_LIMIT_CONSENT, 120, 0, 10_000_000),
+  };
   const jwksMaxAge = parseInteger('DEPUTY_JWKS_MAX_AGE', env.DEPUTY_JWKS_MAX_AGE, 300, 1, 86400);
   const keys = {
     alg: parseChoice('DEPUTY_SIGNING_ALG', env.DEPUTY_SIGNING_ALG, ['ES256', 'EdDSA', 'RS256'] as const, 'ES256'),
@@ -120,6 +163,10 @@ export function loadConfig(env: Env = process.env): Config {
     allowLoopbackServices,
     trustProxy,
     logLevel,
+    logFormat,
+    metricsToken,
+    shutdownTimeoutMs,
+    limits: Object.freeze(limits),
     keys: Object.freeze(keys),
     events: Object.freeze(events),
   });

@@ -81,7 +81,7 @@ async function run(argv: string[], out: Output = console.log): Promise<number> {
 }
 
 async function serve(config: Config): Promise<Server> {
-  const log = createLogger(config.logLevel);
+  const log = createLogger(config.logLevel, config.logFormat);
   // Loaded here so the other commands do not load oidc-provider (and its Node 20 warning).
   const { createDeputy } = await import('./app.ts');
   const deputy = await createDeputy(config, log);
@@ -114,12 +114,29 @@ async function serve(config: Config): Promise<Server> {
     `Deputy is running at ${config.issuer} (listening on ${config.host}:${port})`,
   );
 
+  // A graceful stop: stop accepting, tell load balancers (/readyz 503) and keep-alive clients
+  // (Connection: close), let requests in flight finish, then stop the delivery worker (an
+  // event being delivered settles; one not yet claimed stays pending for the next start) and
+  // close the database. Connections still open after the timeout are cut.
   const stop = (signal: string) => {
-    log.info({ event: 'stopping', signal }, 'stopping');
+    log.info({ event: 'stopping', signal, timeout_ms: config.shutdownTimeoutMs }, 'stopping');
+    deputy.beginShutdown();
+    const force = setTimeout(() => {
+      log.warn({ event: 'stop_timeout' }, 'requests still in flight at the shutdown timeout; closing their connections');
+      server.closeAllConnections();
+    }, config.shutdownTimeoutMs);
+    force.unref();
     server.close(() => {
+      clearTimeout(force);
       deputy.close().then(
-        () => process.exit(0),
-        () => process.exit(1),
+        () => {
+          log.info({ event: 'stopped' }, 'stopped');
+          process.exit(0);
+        },
+        (error: unknown) => {
+          log.error({ err: error }, 'stopping failed');
+          process.exit(1);
+        },
       );
     });
     server.closeIdleConnections();

@@ -487,6 +487,24 @@ export class DelegationStore {
     this.#db.delete(services).run();
   }
 
+  /** Delegations a mint could use now (the metrics gauge). */
+  countActive(): number {
+    const now = epoch();
+    return (
+      this.#db
+        .select({ n: sql<number>`count(*)` })
+        .from(delegations)
+        .where(
+          and(
+            isNull(delegations.revokedAt),
+            isNull(delegations.consumedAt),
+            or(isNull(delegations.expiresAt), gt(delegations.expiresAt, now)),
+          ),
+        )
+        .get()?.n ?? 0
+    );
+  }
+
   purgeExpired(): void {
     const now = epoch();
     this.#db.delete(clientAssertionJtis).where(lte(clientAssertionJtis.expiresAt, now)).run();

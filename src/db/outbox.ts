@@ -161,6 +161,16 @@ export class OutboxStore {
       .all();
   }
 
+  /** How many events are in each state (the metrics gauge). */
+  countByState(): Record<string, number> {
+    const rows = this.#db
+      .select({ state: revocationEvents.state, n: sql<number>`count(*)` })
+      .from(revocationEvents)
+      .groupBy(revocationEvents.state)
+      .all();
+    return Object.fromEntries(rows.map((row) => [row.state, row.n]));
+  }
+
   list(limit = 100): RevocationEvent[] {
     return this.#db.select().from(revocationEvents).orderBy(desc(revocationEvents.createdAt)).limit(limit).all();
   }

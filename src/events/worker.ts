@@ -31,6 +31,8 @@ export interface WorkerOptions {
   retryBaseMs: number;
   /** How often to look for due events when nothing wakes the worker sooner. */
   pollMs: number;
+  /** Told the outcome of every delivery attempt (metrics). */
+  onResult?: (result: 'delivered' | 'retry' | 'failed') => void;
 }
 
 const MAX_RETRY_DELAY_MS = 3600_000;
@@ -131,6 +133,7 @@ export class DeliveryWorker {
       const reason = error instanceof GuardedFetchError ? error.message : 'delivery failed';
       if (error instanceof GuardedFetchError && ['url', 'address', 'redirect'].includes(error.reason)) {
         outbox.failed(event.id, reason);
+        this.#options.onResult?.('failed');
         log.warn({ event: 'revocation_failed', id: event.id, audience: event.audience, reason }, 'revocation not deliverable');
         return;
       }
@@ -141,6 +144,7 @@ export class DeliveryWorker {
 
     if (status >= 200 && status < 300) {
       outbox.delivered(event.id);
+      this.#options.onResult?.('delivered');
       log.info(
         { event: 'revocation_delivered', id: event.id, audience: event.audience, attempts: event.attempts, status },
         'revocation delivered',
@@ -151,6 +155,7 @@ export class DeliveryWorker {
     if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
       const reason = `the service answered ${status}: ${serviceReason(body)}`;
       outbox.failed(event.id, reason);
+      this.#options.onResult?.('failed');
       log.warn({ event: 'revocation_failed', id: event.id, audience: event.audience, status }, 'revocation refused');
       return;
     }
@@ -163,10 +168,12 @@ export class DeliveryWorker {
     const next = Date.now() + retryDelayMs(event.attempts, retryBaseMs);
     if (next / 1000 > event.createdAt + maxAgeSeconds) {
       outbox.failed(event.id, `gave up after ${event.attempts} attempts: ${reason}`);
+      this.#options.onResult?.('failed');
       log.warn({ event: 'revocation_failed', id: event.id, audience: event.audience, reason }, 'revocation abandoned');
       return;
     }
     outbox.retryAt(event.id, next, reason);
+    this.#options.onResult?.('retry');
     log.info({ event: 'revocation_retry', id: event.id, audience: event.audience, attempts: event.attempts, reason }, 'revocation will be retried');
   }
 

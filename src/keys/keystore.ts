@@ -150,6 +150,12 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
     return this.#active;
   }
 
+  /** When the key that signs now became active (epoch seconds). */
+  activeSince(): number {
+    const { kid } = this.active();
+    return this.#rows.find((row) => row.kid === kid)?.activatesAt ?? epoch();
+  }
+
   /** The JWK Set services verify against: public members, `kid`, `alg` and `use` only. */
   jwks(): { keys: JWK[] } {
     const now = epoch();

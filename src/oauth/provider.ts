@@ -17,6 +17,8 @@ import { sha256, type Agent, type Store } from '../db/store.ts';
 import { CLIENT_ASSERTION_ALGS } from '../agents/registry.ts';
 import type { KeyStore } from '../keys/keystore.ts';
 import { ID_JAG_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../keys/routes.ts';
+import { requestSeconds } from '../ops/context.ts';
+import type { Metrics } from '../ops/metrics.ts';
 import type { Views } from '../web/views.ts';
 import type { WebState } from '../web/session.ts';
 
@@ -60,6 +62,7 @@ export interface AuthorizationServerOptions {
   views: Views;
   cookieKeys: string[];
   log: Logger;
+  metrics?: Metrics;
   /** Called with each provider built, to register grants on it (the mint). */
   extend: (provider: Provider) => void;
 }
@@ -262,6 +265,9 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
   // Refused token requests (failed client authentication, bad grants, refused mints) leave a
   // line: code and client only, never a token or secret.
   provider.on('grant.error', (ctx, error) => {
+    if (ctx.oidc.params?.grant_type === TOKEN_EXCHANGE_GRANT) {
+      options.metrics?.mint('refused', String(error.error), requestSeconds());
+    }
     options.log.info(
       {
         event: 'token_refused',

@@ -18,6 +18,8 @@ import type { Delegation, DelegationStore } from '../db/delegations.ts';
 import { epoch, type Store, type User } from '../db/store.ts';
 import type { KeyStore } from '../keys/keystore.ts';
 import { ID_JAG_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../keys/routes.ts';
+import { requestSeconds } from '../ops/context.ts';
+import type { Metrics } from '../ops/metrics.ts';
 
 export const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token';
 export const REFRESH_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:refresh_token';
@@ -40,6 +42,7 @@ interface Options {
   delegations: DelegationStore;
   keys: KeyStore;
   log: Logger;
+  metrics?: Metrics;
 }
 
 interface Params {
@@ -53,7 +56,7 @@ interface Params {
 }
 
 export function registerTokenExchange(provider: Provider, options: Options): void {
-  const { config, store, delegations, keys, log } = options;
+  const { config, store, delegations, keys, log, metrics } = options;
 
   async function tokenExchange(ctx: KoaContextWithOIDC): Promise<void> {
     const params = ctx.oidc.params as Params;
@@ -135,6 +138,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
       expires_in: config.idJagTtl,
       ...(scope !== '' ? { scope } : {}),
     };
+    metrics?.mint('issued', '', requestSeconds());
   }
 
   /**
@@ -166,6 +170,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
       consent_uri: `${config.issuer}/consent/${consent.id}`,
       expires_in: CONSENT_REQUEST_TTL_SECONDS,
     };
+    metrics?.mint('consent_required', 'consent_required', requestSeconds());
   }
 
   /** Step 2: the subject token is Deputy's own, issued to this agent, and still valid. */

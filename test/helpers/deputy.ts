@@ -13,6 +13,17 @@ import pino, { type Logger } from 'pino';
 import { createDeputy, type Deputy } from '../../src/app.ts';
 import { loadConfig, type Env } from '../../src/config.ts';
 
+/**
+ * Every test talks from 127.0.0.1, faster than any person: rate limits are off unless a test
+ * sets them (test/ops.test.ts does).
+ */
+export const NO_RATE_LIMITS: Env = {
+  DEPUTY_RATE_LIMIT_TOKEN: '0',
+  DEPUTY_RATE_LIMIT_CLIENT_AUTH_FAILURES: '0',
+  DEPUTY_RATE_LIMIT_SIGN_IN: '0',
+  DEPUTY_RATE_LIMIT_CONSENT: '0',
+};
+
 export interface RunningDeputy {
   url: string;
   deputy: Deputy;
@@ -42,7 +53,7 @@ export async function startDeputy(options: {
   log?: Logger;
 }): Promise<RunningDeputy> {
   const { server, url } = options.listening ?? (await listen());
-  const config = loadConfig({ DEPUTY_ISSUER: url, DEPUTY_DB: options.dbPath, ...options.env });
+  const config = loadConfig({ DEPUTY_ISSUER: url, DEPUTY_DB: options.dbPath, ...NO_RATE_LIMITS, ...options.env });
   let deputy: Deputy;
   try {
     deputy = await createDeputy(config, options.log ?? pino({ level: 'silent' }));
