@@ -2,7 +2,7 @@
  * The `deputy` command line: `serve` (the default), `migrate`, `agents …` and `keys list`.
  * Administration happens here; people use the web pages and agents use OAuth.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';
@@ -48,6 +48,8 @@ Commands:
                                 publish a new key; it signs after the pre-publication delay
   keys reencrypt                re-encrypt the private keys from DEPUTY_SECRET_OLD to
                                 DEPUTY_SECRET (run with the server stopped)
+  backup FILE                   copy the database to FILE, safely while the server runs
+                                (DEPUTY_SECRET is not in it: keep it apart)
 
 Configuration comes from environment variables; see the README.`;
 
@@ -70,6 +72,8 @@ async function run(argv: string[], out: Output = console.log): Promise<number> {
       return usersCommand(loadConfig(), rest, out);
     case 'events':
       return eventsCommand(loadConfig(), rest, out);
+    case 'backup':
+      return backupCommand(loadConfig(), rest, out);
     case 'help':
     case '--help':
     case '-h':
@@ -151,6 +155,27 @@ function withStore<T>(config: Config, fn: (store: Store) => T): T {
   try {
     migrateDatabase(connection);
     return fn(new Store(connection.db));
+  } finally {
+    connection.close();
+  }
+}
+
+/**
+ * SQLite's online backup: a consistent copy of the whole database, taken page by page while
+ * the server goes on writing (WAL). The copy needs DEPUTY_SECRET to be of any use for keys.
+ */
+async function backupCommand(config: Config, args: string[], out: Output): Promise<number> {
+  const [file, ...extra] = args;
+  if (file === undefined || file.startsWith('-') || extra.length > 0) throw new UsageError('backup takes one FILE');
+  if (existsSync(file)) throw new ConfigError(`'${file}' exists; Deputy does not overwrite a backup`);
+  const connection = openDatabaseOrExplain(config.dbPath);
+  try {
+    const { totalPages } = await connection.sqlite.backup(file);
+    out(`Backed up ${config.dbPath} to ${file} (${totalPages} pages).`);
+    out('Restore by stopping Deputy and putting the file in place of the database (remove its -wal and -shm files).');
+    return 0;
+  } catch (error) {
+    throw new ConfigError(`cannot write the backup to '${file}': ${error instanceof Error ? error.message : String(error)}`);
   } finally {
     connection.close();
   }

@@ -4,7 +4,9 @@
  * all over real HTTP.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import Database from 'better-sqlite3';
 import { once } from 'node:events';
 import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
@@ -144,6 +146,27 @@ describe('logs, metrics and health on a working Deputy', () => {
     assert.deepEqual(await ready.json(), {
       status: 'ready',
       checks: { database: 'ok', keys: 'ok', shutdown: 'no' },
+    });
+  });
+
+  test('deputy backup copies the live database, and refuses to overwrite', async () => {
+    const file = `${dir.path}/backup.db`;
+    const env = { ...process.env, DEPUTY_DB: deputy.dbPath };
+    const run = promisify(execFile);
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/main.ts', 'backup', file], { env });
+    assert.match(stdout, /^Backed up .* to .*backup\.db \(\d+ pages\)\./);
+    const copy = new Database(file, { readonly: true });
+    try {
+      const row = copy.prepare('select name from agents where client_id = ?').get(agent.clientId) as { name: string };
+      assert.equal(row.name, 'Research Bot');
+      assert.equal((copy.prepare('select count(*) as n from delegations').get() as { n: number }).n, 1);
+    } finally {
+      copy.close();
+    }
+    await assert.rejects(run(process.execPath, ['--import', 'tsx', 'src/main.ts', 'backup', file], { env }), (error: { code: number; stderr: string }) => {
+      assert.equal(error.code, 1);
+      assert.match(error.stderr, /exists; Deputy does not overwrite a backup/);
+      return true;
     });
   });
 
