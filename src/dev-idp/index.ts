@@ -4,11 +4,11 @@
  * configuration refuses it when NODE_ENV=production.
  */
 import Router from '@koa/router';
-import { bodyParser } from '@koa/bodyparser';
 import { exportJWK, generateKeyPair } from 'jose';
 import type Koa from 'koa';
 import mount from 'koa-mount';
 import { Provider, type Adapter, type AdapterPayload } from 'oidc-provider';
+import { formBody } from '../web/body.ts';
 import type { Views } from '../web/views.ts';
 
 export const DEV_IDP_PATH = '/dev-idp';
@@ -110,7 +110,7 @@ export async function createDevIdp(options: Options): Promise<DevIdp> {
     ctx.body = options.views.render('dev-idp-login', { uid: details.uid, devIdp: true, error: null });
   });
 
-  router.post('/:uid', bodyParser({ enableTypes: ['form'] }), async (ctx) => {
+  router.post('/:uid', formBody(), async (ctx) => {
     const details = await provider.interactionDetails(ctx.req, ctx.res);
     const body = ctx.request.body as Record<string, unknown>;
     const email = typeof body.email === 'string' ? body.email.trim().toLowerCase() : '';

@@ -5,7 +5,6 @@
  * named an `audience`, can approve the first delegation in the same screen (DESIGN 2.2).
  */
 import Router from '@koa/router';
-import { bodyParser } from '@koa/bodyparser';
 import type Koa from 'koa';
 import type { Logger } from 'pino';
 import { errors, type InteractionResults, type Provider } from 'oidc-provider';
@@ -14,6 +13,7 @@ import type { Store } from '../db/store.ts';
 import { delegationFromForm, MODE_CHOICES } from '../delegations/form.ts';
 import type { ServiceMetadata } from '../services/discovery.ts';
 import { isDiscoveryFailure, type ServiceDirectory } from '../services/directory.ts';
+import { formBody } from '../web/body.ts';
 import { PageError } from '../web/errors.ts';
 import type { Sessions, WebState } from '../web/session.ts';
 import type { Views } from '../web/views.ts';
@@ -40,7 +40,7 @@ const SCOPE_TEXT: Record<string, string> = {
 export function interactionRoutes(options: Options): Router {
   const { provider, store, delegations, directory, sessions, views, log } = options;
   const router = new Router({ prefix: '/interaction' });
-  const form = bodyParser({ enableTypes: ['form'] }) as Koa.Middleware;
+  const form = formBody();
 
   async function details(ctx: Koa.Context) {
     try {

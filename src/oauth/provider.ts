@@ -48,6 +48,18 @@ const PROVIDER_PREFIXES = [
   '/.well-known/openid-configuration',
 ];
 
+/** Endpoints agents only POST to: any other method is answered 405 in JSON, not with a page. */
+const POST_ONLY_PATHS = new Set<string>([ROUTES.token, ROUTES.device_authorization, ROUTES.revocation]);
+
+/**
+ * oidc-provider routes people open in a browser; its errors there are Deputy's error page. Every
+ * other route answers agents and services, whose errors are JSON (RFC 6749 section 5.2) even
+ * when the request's Accept header prefers HTML.
+ */
+const PAGE_ROUTES = new Set(['authorization', 'resume', 'code_verification', 'device_resume']);
+
+const SESSION_TTL_SECONDS = 12 * 3600;
+
 /** Client assertions may not claim to live longer than this (RFC 7523 section 3, item 4). */
 const MAX_CLIENT_ASSERTION_LIFETIME = 600;
 
@@ -115,14 +127,43 @@ export function createAuthorizationServer(options: AuthorizationServerOptions): 
       return mounted(ctx, next);
     }
 
+    // oidc-provider would also serve `/token/` as `/token`: that spelling would slip past what
+    // Deputy applies to the exact path (rate and body limits), so it is not an endpoint.
+    if (ctx.path.length > 1 && ctx.path.endsWith('/') && PROVIDER_PREFIXES.includes(ctx.path.slice(0, -1))) {
+      return next();
+    }
+
+    const preflight = ctx.method === 'OPTIONS' && ctx.get('Access-Control-Request-Method') !== '';
+    if (POST_ONLY_PATHS.has(ctx.path) && ctx.method !== 'POST' && !preflight) {
+      ctx.status = 405;
+      ctx.set('Allow', 'POST');
+      ctx.set('Cache-Control', 'no-store');
+      ctx.body = { error: 'invalid_request', error_description: `${ctx.method} is not supported here, use POST` };
+      return undefined;
+    }
+
     if (PROVIDER_PREFIXES.some((prefix) => ctx.path === prefix || ctx.path.startsWith(`${prefix}/`))) {
-      return mounted(ctx, next);
+      await mounted(ctx, next);
+      conformErrorDescription(ctx);
+      return undefined;
     }
 
     return next();
   };
 
   return { provider: () => provider, middleware };
+}
+
+/**
+ * RFC 6749 section 5.2 allows an `error_description` only printable ASCII without `"` and `\`;
+ * oidc-provider copies request values into some (an Origin header, a scope), so anything else
+ * is replaced.
+ */
+function conformErrorDescription(ctx: Koa.Context): void {
+  const body = ctx.body as { error_description?: unknown } | null | undefined;
+  if (typeof body === 'object' && body !== null && typeof body.error_description === 'string') {
+    body.error_description = body.error_description.replace(/[^\x20\x21\x23-\x5b\x5d-\x7e]/g, '?');
+  }
 }
 
 function buildProvider(options: AuthorizationServerOptions): Provider {
@@ -167,15 +208,29 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
         enabled: true,
         charset: 'base-20',
         mask: '****-****',
-        userCodeInputSource: (ctx, form, out) => {
+        userCodeInputSource: async (ctx, form, out) => {
           const state = ctx.state as WebState;
+          const session = ctx.oidc.session;
+          if (out !== undefined && session !== undefined && typeof session.exp !== 'number') {
+            // After an error oidc-provider shows this form again with a new xsrf token kept in
+            // the session, once its session middleware has finished: a session that was never
+            // stored (a browser without one) would then fail to save, a 500. Store it here, with
+            // its cookie, as that middleware does on GET /device, so the form shown works.
+            ctx.oidc.cookies.set(ctx.oidc.provider.cookieName('session'), session.jti, {
+              httpOnly: true,
+              sameSite: 'lax',
+            });
+            await session.save(SESSION_TTL_SECONDS);
+          }
           ctx.type = 'html';
           ctx.body = views.render('device-code', {
             // Deputy's own labelled form, without oidc-provider's inline handler; its xsrf
             // token and action are taken from the form oidc-provider built.
             action: /action="([^"]+)"/.exec(form)?.[1] ?? ROUTES.code_verification,
             xsrf: /name="xsrf" value="([^"]+)"/.exec(form)?.[1] ?? '',
-            error: out?.error_description ?? null,
+            // oidc-provider's own re-render errors (a code not found, expired or used) carry
+            // their message in `error` alone.
+            error: out?.error_description ?? out?.error ?? null,
             user: state.user,
             csrf: state.csrf,
           });
@@ -223,7 +278,7 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
       IdToken: ID_TOKEN_TTL_SECONDS,
       Interaction: 3600,
       RefreshToken: 30 * 86400,
-      Session: 12 * 3600,
+      Session: SESSION_TTL_SECONDS,
     },
     rotateRefreshToken: true,
     issueRefreshToken: (_ctx, client, code) =>
@@ -239,6 +294,11 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
       }
     },
     renderError: (ctx, out) => {
+      if (!PAGE_ROUTES.has(ctx.oidc.route)) {
+        ctx.type = 'json';
+        ctx.body = out;
+        return;
+      }
       const state = ctx.state as WebState;
       ctx.type = 'html';
       ctx.body = views.render('error', {

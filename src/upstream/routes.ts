@@ -4,10 +4,10 @@
  * issuer, `sub`) and starts a session with a fresh id.
  */
 import Router from '@koa/router';
-import { bodyParser } from '@koa/bodyparser';
 import * as oidc from 'openid-client';
 import type { Logger } from 'pino';
 import { epoch, type Store, type UpstreamProfile } from '../db/store.ts';
+import { formBody } from '../web/body.ts';
 import { PageError } from '../web/errors.ts';
 import type { Sessions, WebState } from '../web/session.ts';
 import type { Views } from '../web/views.ts';
@@ -133,7 +133,7 @@ export function loginRoutes(options: Options): Router {
     return undefined;
   });
 
-  router.post('/logout', bodyParser({ enableTypes: ['form'] }), function logout(ctx) {
+  router.post('/logout', formBody(), function logout(ctx) {
     const state = ctx.state as WebState;
     if (state.user !== null) {
       sessions.requireCsrf(ctx, (ctx.request.body as Record<string, unknown>).csrf);

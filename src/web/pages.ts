@@ -5,7 +5,6 @@
  * CSRF token.
  */
 import Router from '@koa/router';
-import { bodyParser } from '@koa/bodyparser';
 import type Koa from 'koa';
 import type { Logger } from 'pino';
 import type { Delegation, DelegationStore } from '../db/delegations.ts';
@@ -15,6 +14,7 @@ import { delegationFromForm, MODE_CHOICES } from '../delegations/form.ts';
 import type { ServiceMetadata } from '../services/discovery.ts';
 import { isDiscoveryFailure, type ServiceDirectory } from '../services/directory.ts';
 import { chosenScopes } from '../oauth/interactions.ts';
+import { formBody } from './body.ts';
 import { PageError } from './errors.ts';
 import type { Sessions, WebState } from './session.ts';
 import type { Views } from './views.ts';
@@ -63,7 +63,7 @@ export function deliveryOf(event: RevocationEvent): Record<string, unknown> {
 export function pageRoutes(options: Options): Router {
   const { store, delegations, outbox, directory, sessions, views, log } = options;
   const router = new Router();
-  const form = bodyParser({ enableTypes: ['form'] }) as Koa.Middleware;
+  const form = formBody();
 
   function signedIn(ctx: Koa.Context): User {
     const state = ctx.state as WebState;

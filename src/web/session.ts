@@ -82,12 +82,14 @@ export class Sessions {
   /** Refuses a state-changing form without the token of the current session. */
   requireCsrf(ctx: Koa.Context, token: unknown): void {
     const state = ctx.state as WebState;
-    const expected = state.csrf;
+    const expected = state.csrf === null ? null : Buffer.from(state.csrf);
+    // Compared as bytes: a token of the right length in characters may not be in bytes.
+    const presented = typeof token === 'string' ? Buffer.from(token) : null;
     const ok =
       expected !== null &&
-      typeof token === 'string' &&
-      token.length === expected.length &&
-      timingSafeEqual(Buffer.from(token), Buffer.from(expected));
+      presented !== null &&
+      presented.length === expected.length &&
+      timingSafeEqual(presented, expected);
 
     if (!ok) {
       throw new PageError(
