@@ -79,6 +79,55 @@ describe('agents connect', () => {
     assert.equal(answer.body.error, 'invalid_grant');
   });
 
+  test('revokes its own refresh token, and not another agent\'s', async () => {
+    const tokens = await connectByDevice(deputy, agent, browser);
+    const other = await addAgent(deputy, 'Other Bot');
+
+    const refused = await post(
+      `${deputy.url}/revoke`,
+      { token: tokens.refresh_token as string, token_type_hint: 'refresh_token' },
+      { authorization: basic(other) },
+    );
+    assert.equal(refused.status, 400);
+    assert.equal(refused.body.error, 'invalid_request');
+    assert.equal(refused.body.error_description, 'the token was not issued to this client');
+
+    const stillWorks = await post(
+      `${deputy.url}/token`,
+      { grant_type: 'refresh_token', refresh_token: tokens.refresh_token },
+      { authorization: basic(agent) },
+    );
+    assert.equal(stillWorks.status, 200, 'the other agent revoked nothing');
+
+    const revoked = await post(
+      `${deputy.url}/revoke`,
+      { token: stillWorks.body.refresh_token as string, token_type_hint: 'refresh_token' },
+      { authorization: basic(agent) },
+    );
+    assert.equal(revoked.status, 200);
+    const after = await post(
+      `${deputy.url}/token`,
+      { grant_type: 'refresh_token', refresh_token: stillWorks.body.refresh_token as string },
+      { authorization: basic(agent) },
+    );
+    assert.equal(after.status, 400);
+    assert.equal(after.body.error, 'invalid_grant');
+  });
+
+  test('answers no cross-origin reads at the token endpoint', async () => {
+    const response = await fetch(`${deputy.url}/token`, {
+      method: 'POST',
+      headers: {
+        origin: 'https://app.example',
+        authorization: basic(agent),
+        'content-type': 'application/x-www-form-urlencoded',
+      },
+      body: 'grant_type=refresh_token&refresh_token=x',
+    });
+    assert.equal(response.status, 400);
+    assert.equal(response.headers.get('access-control-allow-origin'), null);
+  });
+
   test('a mint without a delegation answers consent_required with a consent_uri', async () => {
     const tokens = await connectByDevice(deputy, agent, browser);
     const answer = await mint(deputy, agent, {

@@ -254,10 +254,22 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
         },
       },
       pushedAuthorizationRequests: { enabled: false },
-      revocation: { enabled: true },
+      revocation: {
+        enabled: true,
+        // RFC 7009 section 2.1: a client revokes only tokens issued to it. oidc-provider then
+        // answers 200 without revoking for a public client, and invalid_request otherwise.
+        allowedPolicy: (_ctx, client, token) => {
+          if (token.clientId === client.clientId) return true;
+          if (client.clientAuthMethod === 'none') return false;
+          throw new errors.InvalidRequest('the token was not issued to this client');
+        },
+      },
       userinfo: { enabled: true },
       rpInitiatedLogout: { enabled: false },
     },
+    // Agents call the OAuth endpoints from their own servers and command lines, never from a
+    // web page's script: no origin is allowed cross-origin reads.
+    clientBasedCORS: () => false,
     interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
     // Every connection goes through Deputy's consent page, which checks that the person signed
     // in to Deputy now is the one the provider's session names (oauth/interactions.ts): only
