@@ -158,7 +158,7 @@ describe('sign-in through a configured upstream provider', () => {
     const local = await signIn(new Browser(), deputy, ADA.sub, '/login?return_to=%2F%3Ftab%3Dagents');
     assert.equal(local.url, `${deputy.url}/?tab=agents`);
 
-    for (const target of ['https://evil.example/', '//evil.example/x', '/\\evil.example', 'javascript:alert(1)']) {
+    for (const target of ['https://evil.example/', '//evil.example/x', '/\\evil.example', '/.//evil.example/x', 'javascript:alert(1)']) {
       const page = await signIn(new Browser(), deputy, ADA.sub, `/login?return_to=${encodeURIComponent(target)}`);
       assert.equal(page.url, `${deputy.url}/`, `return_to=${target}`);
     }
@@ -288,6 +288,10 @@ describe('safeReturnTo', () => {
     ['/%0d%0aSet-Cookie:x', '/%0d%0aSet-Cookie:x'],
     ['/\tfoo', '/'],
     ['relative', '/'],
+    ['/.//evil.example/x', '/'],
+    ['/%2e%2e//evil.example', '/'],
+    ['/a/..//evil.example', '/'],
+    ['/a/../b', '/b'],
   ];
   for (const [input, expected] of cases) {
     test(`maps ${JSON.stringify(input)} to ${expected}`, () => {

@@ -41,7 +41,11 @@ export function safeReturnTo(value: unknown, issuer: string): string {
   const base = new URL(issuer);
   const target = new URL(value, base);
   if (target.origin !== base.origin) return '/';
-  return `${target.pathname}${target.search}`;
+  // Resolving removes dot segments: `/.//evil.example` becomes the path `//evil.example`, which a
+  // browser would read as another host. The path as resolved must be one too.
+  const path = `${target.pathname}${target.search}`;
+  if (path.startsWith('//') || path.startsWith('/\\')) return '/';
+  return path;
 }
 
 export function loginRoutes(options: Options): Router {
