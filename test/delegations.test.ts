@@ -102,6 +102,21 @@ describe('delegations in the web page', () => {
       });
       assert.equal(answer.status, 200, JSON.stringify(answer.body));
       assert.equal(answer.body.scope, 'read');
+
+      // Connecting again with the same audience offers no second delegation, and a form that
+      // asks for one anyway creates none: one revoke must be enough to stop the minting.
+      await connectByDevice(deputy, agent, browser, {
+        audience: other.issuer,
+        approve: { delegate: 'yes', mode: 'once', scope: 'write' },
+        onConnectPage: (page) => {
+          assert.match(page.body, /may already speak for you to this service; that delegation stands/);
+          assert.doesNotMatch(page.body, /name="delegate"/);
+        },
+      });
+      const home = await browser.go(`${deputy.url}/`);
+      const cards = home.body.split('<li class="card delegation').filter((c) => c.includes('Other Service'));
+      assert.equal(cards.length, 1, 'still one delegation for the service');
+      assert.match(cards[0] ?? '', /always/);
     } finally {
       await other.close();
     }

@@ -3,6 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   calculateJwkThumbprint,
   createRemoteJWKSet,
+  decodeJwt,
   decodeProtectedHeader,
   exportJWK,
   generateKeyPair,
@@ -314,6 +315,65 @@ describe('the mint', () => {
       assert.equal(refused.body.error, 'consent_required');
     } finally {
       await revokedService.close();
+    }
+  });
+
+  test('keeps one delegation per service: a second approval is refused, so one revoke stops the minting', async () => {
+    const twice = await startAuthMdService({ trustedIssuers: [deputy.url], name: 'Twice Service' });
+    try {
+      const params = { audience: twice.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN };
+      const first = await mint(deputy, agent, params);
+      const second = await mint(deputy, agent, params);
+      assert.equal(first.body.error, 'consent_required');
+      assert.equal(second.body.error, 'consent_required');
+      assert.notEqual(first.body.consent_uri, second.body.consent_uri);
+
+      assert.equal((await approve(ada, first.body.consent_uri as string, 'always')).status, 200);
+      const refused = await approve(ada, second.body.consent_uri as string, 'always');
+      assert.equal(refused.status, 409);
+      assert.match(refused.body, /Already allowed/);
+
+      const home = await ada.go(`${deputy.url}/`);
+      const cards = home.body.split('<li class="card delegation').filter((c) => c.includes('Twice Service'));
+      assert.equal(cards.length, 1, 'one delegation for the service');
+      const delegationId = /\/delegations\/(dlg_[A-Za-z0-9_-]+)\/revoke/.exec(cards[0] ?? '')?.[1];
+      const csrf = /name="csrf" value="([^"]+)"/.exec(home.body)?.[1] as string;
+      await ada.submit(`${deputy.url}/delegations/${delegationId}/revoke`, { csrf });
+
+      const after = await mint(deputy, agent, params);
+      assert.equal(after.status, 400);
+      assert.equal(after.body.error, 'consent_required');
+    } finally {
+      await twice.close();
+    }
+  });
+
+  test('grants from a consent request only the scopes the service publishes', async () => {
+    const scoped = await startAuthMdService({ trustedIssuers: [deputy.url], name: 'Scoped Service', scopes: ['read', 'write'] });
+    try {
+      const params = {
+        audience: scoped.issuer,
+        scope: 'read admin',
+        subject_token: tokens.id_token,
+        subject_token_type: ID_TOKEN,
+      };
+      const asked = await mint(deputy, agent, params);
+      assert.equal(asked.body.error, 'consent_required');
+      const page = await ada.go(asked.body.consent_uri as string);
+      assert.match(page.body, /<dt>Scopes<\/dt><dd>read<\/dd>/);
+      assert.match(page.body, /<dt>Not granted<\/dt><dd>admin \(asked for, but not published by the service\)<\/dd>/);
+      assert.equal((await approve(ada, asked.body.consent_uri as string, 'always')).status, 200);
+
+      const minted = await mint(deputy, agent, params);
+      assert.equal(minted.status, 200, JSON.stringify(minted.body));
+      assert.equal(minted.body.scope, 'read');
+      assert.equal(decodeJwt(minted.body.access_token as string).scope, 'read');
+
+      const admin = await mint(deputy, agent, { ...params, scope: 'admin' });
+      assert.equal(admin.status, 400);
+      assert.equal(admin.body.error, 'invalid_scope');
+    } finally {
+      await scoped.close();
     }
   });
 

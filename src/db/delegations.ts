@@ -3,7 +3,7 @@
  * the records the mint reads and the web pages change. Read-then-write decisions run in
  * immediate transactions so that several processes on one database agree.
  */
-import { and, desc, eq, gt, inArray, isNull, lte, or, sql, type SQL } from 'drizzle-orm';
+import { and, desc, eq, gt, inArray, isNull, lte, or, sql, type Placeholder, type SQL } from 'drizzle-orm';
 import type { Db, Executor } from './index.ts';
 import {
   agents,
@@ -104,9 +104,7 @@ export class DelegationStore {
       .where(
         and(
           eq(delegations.id, sql.placeholder('id')),
-          isNull(delegations.revokedAt),
-          isNull(delegations.consumedAt),
-          or(isNull(delegations.expiresAt), gt(delegations.expiresAt, sql.placeholder('now'))),
+          usableAt(sql.placeholder('now')),
         ),
       )
       .prepare();
@@ -143,9 +141,7 @@ export class DelegationStore {
           eq(delegations.userId, sql.placeholder('userId')),
           eq(delegations.agentClientId, sql.placeholder('agentClientId')),
           eq(delegations.audience, sql.placeholder('audience')),
-          isNull(delegations.revokedAt),
-          isNull(delegations.consumedAt),
-          or(isNull(delegations.expiresAt), gt(delegations.expiresAt, sql.placeholder('now'))),
+          usableAt(sql.placeholder('now')),
         ),
       )
       .orderBy(desc(delegations.createdAt))
@@ -228,12 +224,17 @@ export class DelegationStore {
 
   // Delegations
 
-  createDelegation(input: NewDelegation): Delegation {
-    return this.#db
-      .insert(delegations)
-      .values({ id: newId('dlg'), ...input, createdAt: epoch() })
-      .returning()
-      .get();
+  /**
+   * Creates a delegation unless the agent already has an active one for this user and
+   * audience: there is at most one, so that revoking it stops the minting (a second would keep
+   * it going). Returns undefined then; checked and inserted in one immediate transaction, so two
+   * approvals at once cannot both create one.
+   */
+  createDelegation(input: NewDelegation): Delegation | undefined {
+    return this.#db.transaction(
+      (tx) => insertUnlessActive(tx, input, epoch()),
+      { behavior: 'immediate' },
+    );
   }
 
   findDelegation(id: string): Delegation | undefined {
@@ -392,7 +393,7 @@ export class DelegationStore {
     id: string,
     outcome: 'approved' | 'denied',
     delegation: NewDelegation | null,
-  ): { request: ConsentRequest; delegation: Delegation | null } | undefined {
+  ): { request: ConsentRequest; delegation: Delegation | null } | 'already-delegated' | undefined {
     return this.#db.transaction(
       (tx) => {
         const now = epoch();
@@ -405,10 +406,12 @@ export class DelegationStore {
           .get();
         if (open === undefined) return undefined;
 
-        const created =
-          delegation === null
-            ? null
-            : tx.insert(delegations).values({ id: newId('dlg'), ...delegation, createdAt: now }).returning().get();
+        let created: Delegation | null = null;
+        if (delegation !== null) {
+          created = insertUnlessActive(tx, delegation, now) ?? null;
+          // The request stays open: the person may revoke the delegation they have and come back.
+          if (created === null) return 'already-delegated';
+        }
         const request = tx
           .update(consentRequests)
           .set({ outcome, delegationId: created?.id ?? null })
@@ -545,4 +548,31 @@ function deleteGrants(tx: Executor, ended: { grantId: string | null }[]): void {
   tx.delete(oidcModels)
     .where(and(eq(oidcModels.model, 'Grant'), inArray(oidcModels.id, grantIds)))
     .run();
+}
+
+/** Inserts the delegation if (user, agent, audience) has none active at `now`; see createDelegation. */
+function insertUnlessActive(tx: Executor, input: NewDelegation, now: number): Delegation | undefined {
+  const active = tx
+    .select({ id: delegations.id })
+    .from(delegations)
+    .where(
+      and(
+        eq(delegations.userId, input.userId),
+        eq(delegations.agentClientId, input.agentClientId),
+        eq(delegations.audience, input.audience),
+        usableAt(now),
+      ),
+    )
+    .get();
+  if (active !== undefined) return undefined;
+  return tx.insert(delegations).values({ id: newId('dlg'), ...input, createdAt: now }).returning().get();
+}
+
+/** A delegation that can still mint at `now`: not revoked, not consumed, not expired. */
+function usableAt(now: number | Placeholder): SQL {
+  return and(
+    isNull(delegations.revokedAt),
+    isNull(delegations.consumedAt),
+    or(isNull(delegations.expiresAt), gt(delegations.expiresAt, now)),
+  ) as SQL;
 }

@@ -108,8 +108,12 @@ export function interactionRoutes(options: Options): Router {
       }
     }
 
+    const alreadyAllowed =
+      service !== null && delegations.activeDelegation(state.user.id, agent.clientId, service.audience) !== undefined;
+
     ctx.type = 'html';
     ctx.body = views.render('connect', {
+      alreadyAllowed,
       user: state.user,
       csrf: state.csrf,
       uid: interaction.uid,
@@ -166,10 +170,13 @@ export function interactionRoutes(options: Options): Router {
           scope: chosenScopes(body.scope, service.scopesSupported),
         }),
       );
-      log.info(
-        { event: 'delegation_granted', user: state.user.id, client: clientId, audience, delegation: delegation.id },
-        'delegation granted',
-      );
+      // One already active for this service stands (the page said so); the connection goes on.
+      if (delegation !== undefined) {
+        log.info(
+          { event: 'delegation_granted', user: state.user.id, client: clientId, audience, delegation: delegation.id },
+          'delegation granted',
+        );
+      }
     }
 
     await finish(ctx, { consent: { grantId } }, true);

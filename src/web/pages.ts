@@ -124,15 +124,6 @@ export function pageRoutes(options: Options): Router {
     // Discovered again from what this person typed, never from a shared cache.
     const service = await discover(() => directory.lookup(String(body.service ?? '')));
     const scope = chosenScopes(body.scope, service.scopesSupported);
-    const existing = delegations.activeDelegation(user.id, agent.clientId, service.audience);
-    if (existing !== undefined) {
-      throw new PageError(
-        409,
-        'Already allowed',
-        `${agent.name} may already speak for you to this service. Revoke that delegation first to change it.`,
-      );
-    }
-
     const delegation = delegations.createDelegation(
       delegationFromForm(body, {
         userId: user.id,
@@ -142,6 +133,7 @@ export function pageRoutes(options: Options): Router {
         scope,
       }),
     );
+    if (delegation === undefined) throw alreadyAllowed(agent.name);
     log.info(
       { event: 'delegation_granted', user: user.id, client: agent.clientId, audience: service.audience, delegation: delegation.id },
       'delegation granted',
@@ -202,7 +194,8 @@ export function pageRoutes(options: Options): Router {
       if (!isDiscoveryFailure(error)) throw error;
       serviceError = error.message;
     }
-    render(ctx, 'consent', { request, agent, service, serviceError, modes: MODE_CHOICES, user });
+    const scopes = service === null ? null : publishedScopes(request.scope, service.scopesSupported);
+    render(ctx, 'consent', { request, agent, service, serviceError, scopes, modes: MODE_CHOICES, user });
   });
 
   router.post('/consent/:id', form, async function answerConsent(ctx) {
@@ -226,9 +219,14 @@ export function pageRoutes(options: Options): Router {
         agentClientId: request.agentClientId,
         service: { ...service, audience: request.audience },
         resources: request.resources.length > 0 ? request.resources : service.resources,
-        scope: request.scope,
+        // What the agent asked for, less what the service does not publish: the agent does not
+        // decide what the person grants (the other two ways to delegate check the same).
+        scope: publishedScopes(request.scope, service.scopesSupported).granted.join(' '),
       }),
     );
+    if (answered === 'already-delegated') {
+      throw alreadyAllowed(store.findAgent(request.agentClientId)?.name ?? request.agentClientId);
+    }
     if (answered === undefined) {
       throw new PageError(400, 'Already answered', 'This request was already answered or has expired.');
     }
@@ -282,6 +280,23 @@ export function pageRoutes(options: Options): Router {
   }
 
   return router;
+}
+
+function alreadyAllowed(agentName: string): PageError {
+  return new PageError(
+    409,
+    'Already allowed',
+    `${agentName} may already speak for you to this service. Revoke that delegation first to change it.`,
+  );
+}
+
+/** The requested scopes split into those the service publishes (grantable) and the rest. */
+export function publishedScopes(requested: string, supported: string[]): { granted: string[]; unpublished: string[] } {
+  const asked = [...new Set(requested.split(' ').filter((s) => s !== ''))];
+  return {
+    granted: asked.filter((s) => supported.includes(s)),
+    unpublished: asked.filter((s) => !supported.includes(s)),
+  };
 }
 
 /** Thrown after a redirect has been set, to stop the handler without an error page. */

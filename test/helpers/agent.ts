@@ -124,7 +124,13 @@ export async function connectByDevice(
   deputy: RunningDeputy,
   agent: TestAgent,
   browser: Browser,
-  options: { scope?: string; audience?: string; approve?: Record<string, string> } = {},
+  options: {
+    scope?: string;
+    audience?: string;
+    approve?: Record<string, string>;
+    /** Inspects the connect page before it is answered. */
+    onConnectPage?: (page: Page) => void;
+  } = {},
 ): Promise<DeviceTokens> {
   const device = await post(
     `${deputy.url}/device_authorization`,
@@ -145,6 +151,7 @@ export async function connectByDevice(
   }
   const { action, fields } = formFields(confirm, 'op.deviceConfirmForm');
   const connect = await browser.submit(action, fields);
+  options.onConnectPage?.(connect);
   const done = await answerConnect(browser, connect, 'approve', options.approve);
   assert.equal(done.status, 200, done.body.slice(0, 400));
   assert.match(done.body, /go back to the agent/);
