@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   calculateJwkThumbprint,
   createRemoteJWKSet,
@@ -399,6 +400,14 @@ describe('the mint', () => {
     const byRefresh = await mint(deputy, other, { ...params, subject_token: bobTokens.refresh_token, subject_token_type: REFRESH_TOKEN });
     assert.equal(byRefresh.status, 400);
     assert.equal(byRefresh.body.error, 'invalid_grant');
+
+    // Connecting again does not bring the old ID token back. Times are whole seconds: the new
+    // connection must be at least one second younger than the old token for the rule to tell.
+    await sleep(1000 - (Date.now() % 1000) + 50);
+    await connectByDevice(deputy, other, browser);
+    const stale = await mint(deputy, other, params);
+    assert.equal(stale.status, 400);
+    assert.equal(stale.body.error, 'invalid_grant');
   });
 
   test('connects by authorization code and mints with that ID token', async () => {

@@ -89,6 +89,7 @@ export class DelegationStore {
           eq(connections.userId, sql.placeholder('userId')),
           eq(connections.agentClientId, sql.placeholder('agentClientId')),
           isNull(connections.disconnectedAt),
+          lte(connections.createdAt, sql.placeholder('issuedAt')),
         ),
       )
       .limit(1)
@@ -180,7 +181,17 @@ export class DelegationStore {
    * and that ends the connection for ID tokens too.
    */
   isConnected(userId: string, agentClientId: string): boolean {
-    return this.#isConnected.get({ userId, agentClientId, now: epoch() }) !== undefined;
+    return this.#isConnected.get({ userId, agentClientId, now: epoch(), issuedAt: Number.MAX_SAFE_INTEGER }) !== undefined;
+  }
+
+  /**
+   * Whether a token issued at `issuedAt` (an ID token, which names no grant) belongs to a
+   * connection that is still live: one made at or before it. A token from before a disconnect
+   * stays dead when the agent connects again, since the new connection is younger than it
+   * (to the second: one issued, disconnected and reconnected within the same second passes).
+   */
+  isConnectedSince(userId: string, agentClientId: string, issuedAt: number): boolean {
+    return this.#isConnected.get({ userId, agentClientId, now: epoch(), issuedAt }) !== undefined;
   }
 
   connectedAgents(userId: string): ConnectedAgent[] {

@@ -183,8 +183,9 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
     let accountId: string;
 
     if (params.subject_token_type === ID_TOKEN_TYPE) {
-      accountId = await idTokenSubject(token, clientId);
-      if (!delegations.isConnected(accountId, clientId)) {
+      const subject = await idTokenSubject(token, clientId);
+      accountId = subject.sub;
+      if (!delegations.isConnectedSince(accountId, clientId, subject.iat)) {
         throw new errors.InvalidGrant('the user has disconnected this agent');
       }
     } else {
@@ -207,7 +208,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
     return user;
   }
 
-  async function idTokenSubject(token: string, clientId: string): Promise<string> {
+  async function idTokenSubject(token: string, clientId: string): Promise<{ sub: string; iat: number }> {
     try {
       const { payload, protectedHeader } = await jwtVerify(token, createLocalJWKSet(keys.jwks()), {
         issuer: config.issuer,
@@ -222,7 +223,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
       if (Array.isArray(payload.aud) && payload.aud.length !== 1) {
         throw new errors.InvalidGrant('subject_token was issued to more than one audience');
       }
-      return payload.sub as string;
+      return { sub: payload.sub as string, iat: payload.iat as number };
     } catch (error) {
       if (error instanceof errors.InvalidGrant) throw error;
       if (error instanceof joseErrors.JWTExpired) throw new errors.InvalidGrant('subject_token has expired');
