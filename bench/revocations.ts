@@ -48,6 +48,7 @@ const rows = Array.from({ length: count }, (_, i) => ({
   agentClientId: 'agt_bench',
   audience: service.issuer,
   uses: 1,
+  lastUsedAt: null,
   serviceAgentAuth: { eventsEndpoint: `${service.url}/agent/events`, eventsSupported: [REVOKED_EVENT] },
 }));
 deputy.store.db.transaction((tx) => {

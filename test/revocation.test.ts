@@ -3,6 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import { execFile } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
+import { decodeJwt } from 'jose';
 import { Browser, formAction, hiddenField } from './helpers/browser.ts';
 import { listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
 import { addAgent, connectByDevice, ID_JAG, ID_TOKEN, mint, type TestAgent } from './helpers/agent.ts';
@@ -205,6 +206,31 @@ describe('revocation reaches services', () => {
     assert.equal(row?.transport, 'secevent+jwt');
   });
 
+  test('one event for a service covers every delegation revoked with it, shown on the one used last', async () => {
+    const bot = await addAgent(deputy, 'Twice Bot');
+    const botTokens = await connectByDevice(deputy, bot, browser);
+    const target = await service();
+    const params = { audience: target.issuer, resource: target.resource, subject_token: botTokens.id_token, subject_token_type: ID_TOKEN };
+    for (const mode of ['once', 'always']) {
+      const asked = await mint(deputy, bot, params);
+      assert.equal(asked.body.error, 'consent_required');
+      const page = await browser.go(asked.body.consent_uri as string);
+      await browser.submit(asked.body.consent_uri as string, { csrf: hiddenField(page, 'csrf'), decision: 'approve', mode });
+      assert.equal((await mint(deputy, bot, params)).status, 200);
+      await sleep(1000 - (Date.now() % 1000) + 50); // whole seconds: the second is used later
+    }
+    const always = deputy.deputy.delegations
+      .delegationsOf(decodeJwt(botTokens.id_token).sub as string)
+      .find((d) => d.agentClientId === bot.clientId && d.mode === 'always');
+
+    const home = await browser.go(`${deputy.url}/`);
+    await browser.submit(`${deputy.url}/agents/${bot.clientId}/disconnect`, { csrf: hiddenField(home, 'csrf') });
+    await waitFor('the event', () => target.events.length === 1);
+    const events = outboxFor(target);
+    assert.equal(events.length, 1);
+    assert.equal(events[0]?.delegationId, always?.id);
+  });
+
   test('many delegations revoked at once each reach the right service', async () => {
     const other = await addAgent(deputy, 'Busy Bot');
     const otherTokens = await connectByDevice(deputy, other, browser);
@@ -241,6 +267,7 @@ describe('revocation across a restart', () => {
           agentClientId: 'agt_test',
           audience: target.issuer,
           uses: 1,
+          lastUsedAt: null,
           serviceAgentAuth: { eventsEndpoint: `${target.url}/agent/events`, eventsSupported: [REVOKED_EVENT] },
         },
       ]);

@@ -28,6 +28,7 @@ export interface RevokedDelegation {
   agentClientId: string;
   audience: string;
   uses: number;
+  lastUsedAt: number | null;
   serviceAgentAuth: Record<string, unknown> | null;
 }
 
@@ -62,7 +63,10 @@ export function enqueueRevocations(tx: Executor, revoked: RevokedDelegation[], n
   const seen = new Set<string>();
   let count = 0;
 
-  for (const delegation of revoked) {
+  // One event per (user, service) covers every delegation revoked with it; it is shown on the
+  // one used last, which is the one the person recognises as in use.
+  const lastUsedFirst = [...revoked].sort((a, b) => (b.lastUsedAt ?? 0) - (a.lastUsedAt ?? 0));
+  for (const delegation of lastUsedFirst) {
     if (delegation.uses === 0) continue;
     const key = `${delegation.userId} ${delegation.audience}`;
     if (seen.has(key)) continue;
