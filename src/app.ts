@@ -183,7 +183,7 @@ async function assemble(
     cookieKeys: secrets.cookieKeys,
     log,
     metrics,
-    extend: (built) => registerTokenExchange(built, { config, store, delegations, keys, log, metrics }),
+    extend: (built) => registerTokenExchange(built, { config, store, delegations, directory, keys, log, metrics }),
   });
   keys.on('change', (key) => log.info({ event: 'signing_key_active', kid: key.kid, alg: key.alg }, 'new signing key active'));
 

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { decodeJwt } from 'jose';
 import { Browser, formAction, hiddenField } from './helpers/browser.ts';
 import { listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
 import { addAgent, connectByDevice, ID_TOKEN, mint, type TestAgent } from './helpers/agent.ts';
@@ -102,6 +103,25 @@ describe('delegations in the web page', () => {
       });
       assert.equal(answer.status, 200, JSON.stringify(answer.body));
       assert.equal(answer.body.scope, 'read');
+
+      // Made for the whole service, the delegation covers a resource whose metadata names the
+      // service as its authorization server, and not one governed by another service.
+      const withResource = await mint(deputy, agent, {
+        audience: other.issuer,
+        resource: other.resource,
+        subject_token: tokens.id_token,
+        subject_token_type: ID_TOKEN,
+      });
+      assert.equal(withResource.status, 200, JSON.stringify(withResource.body));
+      assert.deepEqual(decodeJwt(withResource.body.access_token as string).resource, other.resource);
+      const elsewhere = await mint(deputy, agent, {
+        audience: other.issuer,
+        resource: service.resource,
+        subject_token: tokens.id_token,
+        subject_token_type: ID_TOKEN,
+      });
+      assert.equal(elsewhere.status, 400);
+      assert.equal(elsewhere.body.error, 'invalid_target');
 
       // Connecting again with the same audience offers no second delegation, and a form that
       // asks for one anyway creates none: one revoke must be enough to stop the minting.

@@ -20,6 +20,7 @@ import type { KeyStore } from '../keys/keystore.ts';
 import { ID_JAG_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../keys/routes.ts';
 import { requestSeconds } from '../ops/context.ts';
 import type { Metrics } from '../ops/metrics.ts';
+import type { ServiceDirectory } from '../services/directory.ts';
 
 export const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token';
 export const REFRESH_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:refresh_token';
@@ -40,6 +41,7 @@ interface Options {
   config: Config;
   store: Store;
   delegations: DelegationStore;
+  directory: ServiceDirectory;
   keys: KeyStore;
   log: Logger;
   metrics?: Metrics;
@@ -56,7 +58,7 @@ interface Params {
 }
 
 export function registerTokenExchange(provider: Provider, options: Options): void {
-  const { config, store, delegations, keys, log, metrics } = options;
+  const { config, store, delegations, directory, keys, log, metrics } = options;
 
   async function tokenExchange(ctx: KoaContextWithOIDC): Promise<void> {
     const params = ctx.oidc.params as Params;
@@ -80,7 +82,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
     const delegation = delegations.activeDelegation(user.id, agent.clientId, request.audience);
     if (delegation === undefined) return consentRequired(ctx, user, agent.clientId, request);
 
-    const resources = grantedResources(request.resources, delegation);
+    const resources = await grantedResources(request.resources, delegation, directory);
     const scope = grantedScope(request.scope, delegation);
     const issuedAt = epoch();
     const active = keys.active();
@@ -279,11 +281,29 @@ function checkParameters(params: Params, allowLoopback: boolean): ExchangeReques
   return { audience, resources, scope };
 }
 
-/** Requested resources must be ones the person approved for this audience; none asks for all. */
-function grantedResources(requested: string[], delegation: Delegation): string[] {
+/**
+ * Requested resources must be ones the person approved for this audience; none asks for all.
+ * A delegation made for the whole service (no resource named, or only the issuer's own address)
+ * covers any resource whose metadata names the audience as its authorization server (DESIGN
+ * 2.4 step 4); one made for named resources covers those alone.
+ */
+async function grantedResources(
+  requested: string[],
+  delegation: Delegation,
+  directory: ServiceDirectory,
+): Promise<string[]> {
   if (requested.length === 0) return delegation.resources;
   const allowed = new Set(delegation.resources);
-  const refused = requested.filter((r) => !allowed.has(r));
+  const wholeService =
+    delegation.resources.length === 0 ||
+    (delegation.resources.length === 1 && delegation.resources[0] === delegation.audience);
+
+  const refused: string[] = [];
+  for (const resource of requested) {
+    if (allowed.has(resource)) continue;
+    if (wholeService && (await directory.governs(delegation.audience, resource))) continue;
+    refused.push(resource);
+  }
   if (refused.length > 0) {
     throw new errors.InvalidTarget(`resource not covered by the delegation: ${refused.join(' ')}`);
   }

@@ -15,10 +15,13 @@ import { GuardedFetchError, type FetchGuard } from './fetch.ts';
 const MIN_CACHE_SECONDS = 60;
 const DEFAULT_CACHE_SECONDS = 300;
 const MAX_CACHE_SECONDS = 86400;
+/** Past this many (audience, resource) answers the cache starts again rather than grow. */
+const MAX_GOVERNED_ENTRIES = 10_000;
 
 export class ServiceDirectory {
   readonly #delegations: DelegationStore;
   readonly #guard: FetchGuard;
+  readonly #governed = new Map<string, { governed: boolean; until: number }>();
 
   constructor(delegations: DelegationStore, guard: FetchGuard) {
     this.#delegations = delegations;
@@ -45,6 +48,32 @@ export class ServiceDirectory {
     const metadata = await discoverAudience(audience, resources, this.#guard);
     if (resources.length === 0) this.#remember(metadata);
     return metadata;
+  }
+
+  /**
+   * Whether the resource's own metadata (RFC 9728) names the audience among its authorization
+   * servers: what lets a delegation made for a whole service cover that resource. Answers are
+   * kept for the resource metadata's cache lifetime, in this process only (a cache, not state).
+   */
+  async governs(audience: string, resource: string): Promise<boolean> {
+    const key = `${audience} ${resource}`;
+    const known = this.#governed.get(key);
+    if (known !== undefined && known.until > Date.now()) return known.governed;
+
+    let governed: boolean;
+    let maxAge: number | undefined;
+    try {
+      maxAge = (await discoverAudience(audience, [resource], this.#guard)).maxAge;
+      governed = true;
+    } catch (error) {
+      if (!isDiscoveryFailure(error)) throw error;
+      governed = false;
+    }
+    // A refusal is remembered only briefly: the service may be down for a moment.
+    const ttl = governed ? Math.min(MAX_CACHE_SECONDS, Math.max(MIN_CACHE_SECONDS, maxAge ?? DEFAULT_CACHE_SECONDS)) : 10;
+    if (this.#governed.size >= MAX_GOVERNED_ENTRIES) this.#governed.clear();
+    this.#governed.set(key, { governed, until: Date.now() + ttl * 1000 });
+    return governed;
   }
 
   #remember(metadata: ServiceMetadata): void {
