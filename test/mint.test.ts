@@ -42,7 +42,9 @@ async function approve(browser: Browser, consentUri: string, mode = 'once', extr
   const page = await browser.go(consentUri);
   assert.equal(page.status, 200, page.body.slice(0, 500));
   const csrf = /name="csrf" value="([^"]+)"/.exec(page.body)?.[1] as string;
-  return browser.submit(consentUri, { csrf, decision: 'approve', mode, ...extra });
+  // As a browser would: the scopes the page ticked are sent.
+  const scope = [...page.body.matchAll(/name="scope" value="([^"]+)" checked/g)].map((m) => m[1] as string);
+  return browser.submit(consentUri, { csrf, decision: 'approve', mode, ...(scope.length > 0 ? { scope } : {}), ...extra });
 }
 
 describe('the mint', () => {
@@ -361,7 +363,9 @@ describe('the mint', () => {
       const asked = await mint(deputy, agent, params);
       assert.equal(asked.body.error, 'consent_required');
       const page = await ada.go(asked.body.consent_uri as string);
-      assert.match(page.body, /<dt>Scopes<\/dt><dd>read<\/dd>/);
+      assert.match(page.body, /name="scope" value="read" checked>/);
+      assert.match(page.body, /name="scope" value="write">/);
+      assert.doesNotMatch(page.body, /value="admin"/);
       assert.match(page.body, /<dt>Not granted<\/dt><dd>admin \(asked for, but not published by the service\)<\/dd>/);
       assert.equal((await approve(ada, asked.body.consent_uri as string, 'always')).status, 200);
 

@@ -219,9 +219,9 @@ export function pageRoutes(options: Options): Router {
         agentClientId: request.agentClientId,
         service: { ...service, audience: request.audience },
         resources: request.resources.length > 0 ? request.resources : service.resources,
-        // What the agent asked for, less what the service does not publish: the agent does not
-        // decide what the person grants (the other two ways to delegate check the same).
-        scope: publishedScopes(request.scope, service.scopesSupported).granted.join(' '),
+        // The person's choice among what the service publishes (the page ticks what the agent
+        // asked for): the agent does not decide what is granted.
+        scope: chosenScopes(body.scope, service.scopesSupported),
       }),
     );
     if (answered === 'already-delegated') {

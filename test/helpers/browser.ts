@@ -39,11 +39,15 @@ export class Browser {
   }
 
   /** Posts a form as a browser would and follows the redirects. */
-  submit(url: string, fields: Record<string, string>): Promise<Page> {
+  submit(url: string, fields: Record<string, string | string[]>): Promise<Page> {
+    const body = new URLSearchParams();
+    for (const [name, value] of Object.entries(fields)) {
+      for (const one of Array.isArray(value) ? value : [value]) body.append(name, one);
+    }
     return this.go(url, {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams(fields).toString(),
+      body: body.toString(),
     });
   }
 }

@@ -188,7 +188,8 @@ export async function startAuthMdService(options: AuthMdServiceOptions): Promise
       }
 
       accepted.push(verified);
-      const granted = grantedScopes(claims.scope, scopes);
+      // An assertion without `scope` proves who the person is and grants nothing more here.
+      const granted = claims.scope === undefined ? [] : grantedScopes(claims.scope, scopes);
       const credential = randomBytes(32).toString('base64url');
       const email = typeof claims.email === 'string' ? claims.email : undefined;
       credentials.set(credential, { iss, sub, aud: issuer, email, scopes: granted });
