@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
 import { decodeJwt } from 'jose';
+import { hashStoredTokens } from '../src/db/oidc-adapter.ts';
+import { sha256 } from '../src/db/store.ts';
 import { Browser, formAction } from './helpers/browser.ts';
 import { listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
 import {
@@ -112,6 +115,37 @@ describe('agents connect', () => {
     );
     assert.equal(after.status, 400);
     assert.equal(after.body.error, 'invalid_grant');
+  });
+
+  test('keeps only hashes of the tokens it issued, and converts tokens stored before that', async () => {
+    const tokens = await connectByDevice(deputy, agent, browser);
+    const file = new Database(deputy.dbPath, { readonly: true });
+    const rows = file.prepare('select model, id, payload from oidc_models').all() as { model: string; id: string; payload: string }[];
+    file.close();
+    const refresh = rows.find((r) => r.id === sha256(tokens.refresh_token));
+    assert.equal(refresh?.model, 'RefreshToken');
+    assert.equal((JSON.parse(refresh.payload) as { jti?: string }).jti, undefined);
+    assert.ok(rows.some((r) => r.model === 'AccessToken' && r.id === sha256(tokens.access_token)));
+    for (const row of rows) {
+      for (const value of [tokens.refresh_token, tokens.access_token]) {
+        assert.ok(!row.id.includes(value) && !row.payload.includes(value), `${row.model} row holds a token`);
+      }
+    }
+
+    // A row as an earlier version kept it: the token itself as id and in the payload.
+    const legacy = new Database(deputy.dbPath);
+    legacy
+      .prepare("update oidc_models set id = ?, payload = json_set(payload, '$.jti', ?) where model = 'RefreshToken' and id = ?")
+      .run(tokens.refresh_token, tokens.refresh_token, sha256(tokens.refresh_token));
+    legacy.close();
+    assert.equal(hashStoredTokens(deputy.deputy.store.db), 1);
+    assert.equal(hashStoredTokens(deputy.deputy.store.db), 0, 'once');
+    const refreshed = await post(
+      `${deputy.url}/token`,
+      { grant_type: 'refresh_token', refresh_token: tokens.refresh_token },
+      { authorization: basic(agent) },
+    );
+    assert.equal(refreshed.status, 200, JSON.stringify(refreshed.body));
   });
 
   test('answers no cross-origin reads at the token endpoint', async () => {

@@ -4,11 +4,20 @@
  * is a row of `oidc_models` keyed by (model, id), with the secondary lookups the interface
  * needs (grant id, user code, uid) on indexes.
  */
-import { and, eq, lte, sql } from 'drizzle-orm';
+import { and, eq, inArray, lte, sql } from 'drizzle-orm';
 import type { Adapter, AdapterPayload } from 'oidc-provider';
 import type { Db } from './index.ts';
 import { oidcModels } from './schema.ts';
-import { epoch, type Agent } from './store.ts';
+import { epoch, sha256, type Agent } from './store.ts';
+
+/**
+ * Models whose id is itself a bearer credential: the value the agent holds. They are stored
+ * under the SHA-256 of that value, and without it in the payload, so a copy of the database
+ * holds no usable token; the id is put back from the caller's value when found. Device codes
+ * stay as they are: oidc-provider finds them by user code, and needs their id back from the
+ * row; they live ten minutes and are useless without the agent's client credentials.
+ */
+const HASHED_MODELS = new Set(['AccessToken', 'AuthorizationCode', 'RefreshToken', 'ClientCredentials']);
 
 /** Turns an agent into the client metadata oidc-provider validates and uses. */
 export type ClientMetadataOf = (agent: Agent) => AdapterPayload;
@@ -44,21 +53,33 @@ export function createAdapter(
 
   return class SqliteAdapter implements Adapter {
     readonly model: string;
+    readonly #hashed: boolean;
 
     constructor(model: string) {
       this.model = model;
+      this.#hashed = HASHED_MODELS.has(model);
+    }
+
+    /** The row's key: the id, or its hash for bearer credentials. */
+    #key(id: string): string {
+      return this.#hashed ? sha256(id) : id;
     }
 
     async upsert(id: string, payload: AdapterPayload, expiresIn: number): Promise<void> {
+      let stored = payload;
+      if (this.#hashed) {
+        const { jti: _value, ...rest } = payload;
+        stored = rest;
+      }
       const values = {
-        payload: payload as Record<string, unknown>,
+        payload: stored as Record<string, unknown>,
         grantId: payload.grantId ?? null,
         userCode: payload.userCode ?? null,
         uid: payload.uid ?? null,
         expiresAt: expiresIn ? epoch() + expiresIn : null,
       };
       db.insert(oidcModels)
-        .values({ model: this.model, id, ...values })
+        .values({ model: this.model, id: this.#key(id), ...values })
         .onConflictDoUpdate({ target: [oidcModels.model, oidcModels.id], set: values })
         .run();
     }
@@ -68,7 +89,8 @@ export function createAdapter(
         const agent = findAgent(id);
         return agent === undefined ? undefined : clientMetadataOf(agent);
       }
-      return live(byId.get({ model: this.model, id }));
+      const found = live(byId.get({ model: this.model, id: this.#key(id) }));
+      return found !== undefined && this.#hashed ? { ...found, jti: id } : found;
     }
 
     async findByUid(uid: string): Promise<AdapterPayload | undefined> {
@@ -82,13 +104,13 @@ export function createAdapter(
     async consume(id: string): Promise<void> {
       db.update(oidcModels)
         .set({ consumedAt: epoch() })
-        .where(and(eq(oidcModels.model, this.model), eq(oidcModels.id, id)))
+        .where(and(eq(oidcModels.model, this.model), eq(oidcModels.id, this.#key(id))))
         .run();
     }
 
     async destroy(id: string): Promise<void> {
       db.delete(oidcModels)
-        .where(and(eq(oidcModels.model, this.model), eq(oidcModels.id, id)))
+        .where(and(eq(oidcModels.model, this.model), eq(oidcModels.id, this.#key(id))))
         .run();
     }
 
@@ -103,4 +125,27 @@ export function createAdapter(
 /** Deletes expired rows; oidc-provider only ever reads live ones. */
 export function purgeExpiredModels(db: Db): void {
   db.delete(oidcModels).where(lte(oidcModels.expiresAt, epoch())).run();
+}
+
+/**
+ * Stores tokens kept before they were hashed (see HASHED_MODELS) the way they are kept now, so
+ * an upgrade keeps every agent connected. A stored hash is 64 hex digits; oidc-provider's token
+ * values are 43 characters, so a row is converted once. Runs at start, after the migrations.
+ */
+export function hashStoredTokens(db: Db): number {
+  const rows = db
+    .select({ model: oidcModels.model, id: oidcModels.id, payload: oidcModels.payload })
+    .from(oidcModels)
+    .where(and(inArray(oidcModels.model, [...HASHED_MODELS]), sql`length(${oidcModels.id}) <> 64`))
+    .all();
+  db.transaction((tx) => {
+    for (const row of rows) {
+      const { jti: _value, ...payload } = row.payload as Record<string, unknown>;
+      tx.update(oidcModels)
+        .set({ id: sha256(row.id), payload })
+        .where(and(eq(oidcModels.model, row.model), eq(oidcModels.id, row.id)))
+        .run();
+    }
+  });
+  return rows.length;
 }
