@@ -325,11 +325,14 @@ describe('the mint', () => {
     const twice = await startAuthMdService({ trustedIssuers: [deputy.url], name: 'Twice Service' });
     try {
       const params = { audience: twice.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN };
-      const first = await mint(deputy, agent, params);
-      const second = await mint(deputy, agent, params);
+      const first = await mint(deputy, agent, { ...params, scope: 'read' });
+      const retried = await mint(deputy, agent, { ...params, scope: 'read' });
+      const second = await mint(deputy, agent, { ...params, scope: 'write' });
       assert.equal(first.body.error, 'consent_required');
+      assert.equal(retried.body.consent_uri, first.body.consent_uri, 'a retry gets the same link');
+      assert.ok((retried.body.expires_in as number) <= (first.body.expires_in as number));
       assert.equal(second.body.error, 'consent_required');
-      assert.notEqual(first.body.consent_uri, second.body.consent_uri);
+      assert.notEqual(second.body.consent_uri, first.body.consent_uri, 'another request gets another');
 
       assert.equal((await approve(ada, first.body.consent_uri as string, 'always')).status, 200);
       const refused = await approve(ada, second.body.consent_uri as string, 'always');
@@ -343,7 +346,7 @@ describe('the mint', () => {
       const csrf = /name="csrf" value="([^"]+)"/.exec(home.body)?.[1] as string;
       await ada.submit(`${deputy.url}/delegations/${delegationId}/revoke`, { csrf });
 
-      const after = await mint(deputy, agent, params);
+      const after = await mint(deputy, agent, { ...params, scope: 'read' });
       assert.equal(after.status, 400);
       assert.equal(after.body.error, 'consent_required');
     } finally {

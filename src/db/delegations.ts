@@ -205,6 +205,16 @@ export class DelegationStore {
       })
       .from(connections)
       .innerJoin(agents, eq(agents.clientId, connections.agentClientId))
+      // Only connections whose grant lives: oidc-provider deletes it when a code or rotated
+      // refresh token is used again, and such an agent can no longer act for the person.
+      .innerJoin(
+        oidcModels,
+        and(
+          eq(oidcModels.model, 'Grant'),
+          eq(oidcModels.id, connections.grantId),
+          or(isNull(oidcModels.expiresAt), gt(oidcModels.expiresAt, epoch())),
+        ),
+      )
       .where(and(eq(connections.userId, userId), isNull(connections.disconnectedAt)))
       .orderBy(desc(connections.lastConnectedAt))
       .all();
@@ -383,13 +393,32 @@ export class DelegationStore {
   createConsentRequest(
     input: Pick<ConsentRequest, 'userId' | 'agentClientId' | 'audience' | 'resources' | 'scope'>,
     ttlSeconds: number,
-  ): ConsentRequest {
+  ): ConsentRequest & { expiresIn: number } {
     const now = epoch();
-    return this.#db
+    // An agent that retries while the person decides gets the same link back, not a new row
+    // each time, as long as more than half its life is left.
+    const open = this.#db
+      .select()
+      .from(consentRequests)
+      .where(
+        and(
+          eq(consentRequests.userId, input.userId),
+          eq(consentRequests.agentClientId, input.agentClientId),
+          eq(consentRequests.audience, input.audience),
+          isNull(consentRequests.outcome),
+          gt(consentRequests.expiresAt, now + Math.floor(ttlSeconds / 2)),
+        ),
+      )
+      .all()
+      .find((r) => r.scope === input.scope && JSON.stringify(r.resources) === JSON.stringify(input.resources));
+    if (open !== undefined) return { ...open, expiresIn: open.expiresAt - now };
+
+    const created = this.#db
       .insert(consentRequests)
       .values({ id: newId('cns'), ...input, createdAt: now, expiresAt: now + ttlSeconds })
       .returning()
       .get();
+    return { ...created, expiresIn: ttlSeconds };
   }
 
   findConsentRequest(id: string): ConsentRequest | undefined {

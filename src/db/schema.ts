@@ -234,7 +234,10 @@ export const consentRequests = sqliteTable(
     outcome: text('outcome'),
     delegationId: text('delegation_id'),
   },
-  (t) => [index('consent_requests_expiry').on(t.expiresAt)],
+  (t) => [
+    index('consent_requests_expiry').on(t.expiresAt),
+    index('consent_requests_open').on(t.userId, t.agentClientId, t.audience),
+  ],
 );
 
 /** The audit trail: one row per minted ID-JAG. The JWT itself is never stored. */

@@ -170,7 +170,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
       error: 'consent_required',
       error_description: 'the user has not allowed this agent to assert their identity to this audience',
       consent_uri: `${config.issuer}/consent/${consent.id}`,
-      expires_in: CONSENT_REQUEST_TTL_SECONDS,
+      expires_in: consent.expiresIn,
     };
     metrics?.mint('consent_required', 'consent_required', requestSeconds());
   }

@@ -1,0 +1,1 @@
+CREATE INDEX `consent_requests_open` ON `consent_requests` (`user_id`,`agent_client_id`,`audience`);
