@@ -482,7 +482,7 @@ describe('the mint', () => {
         const { agent: publicAgent } = await registerAgent(deputy.deputy.store, { name: 'Public', redirectUris: [], public: true });
         return mint(deputy, agent, { audience: service.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN, client_id: publicAgent.clientId }, {});
       }, 400, 'unauthorized_client'],
-      ['no client authentication', () => mint(deputy, agent, { audience: service.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN }, {}), 400, 'invalid_request'],
+      ['no client authentication', () => mint(deputy, agent, { audience: service.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN }, {}), 401, 'invalid_client'],
     ];
 
     for (const [name, run, status, error] of cases) {

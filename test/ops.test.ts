@@ -376,9 +376,9 @@ describe('SIGTERM', () => {
 
       inFlight.end(body.slice(10));
       const answer = await answered;
-      // Answered in full: oidc-provider's refusal of a token request naming no client.
-      assert.equal(answer.status, 400, answer.text);
-      assert.equal((JSON.parse(answer.text) as { error: string }).error, 'invalid_request');
+      // Answered in full: the refusal of a token request naming no client.
+      assert.equal(answer.status, 401, answer.text);
+      assert.equal((JSON.parse(answer.text) as { error: string }).error, 'invalid_client');
 
       const [code] = await exited;
       assert.equal(code, 0, stderr);

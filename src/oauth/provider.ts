@@ -145,6 +145,7 @@ export function createAuthorizationServer(options: AuthorizationServerOptions): 
     if (PROVIDER_PREFIXES.some((prefix) => ctx.path === prefix || ctx.path.startsWith(`${prefix}/`))) {
       await mounted(ctx, next);
       conformErrorDescription(ctx);
+      if (POST_ONLY_PATHS.has(ctx.path)) conformMissingClientAuth(ctx, options.config.issuer);
       return undefined;
     }
 
@@ -163,6 +164,26 @@ function conformErrorDescription(ctx: Koa.Context): void {
   const body = ctx.body as { error_description?: unknown } | null | undefined;
   if (typeof body === 'object' && body !== null && typeof body.error_description === 'string') {
     body.error_description = body.error_description.replace(/[^\x20\x21\x23-\x5b\x5d-\x7e]/g, '?');
+  }
+}
+
+/**
+ * A request that names no client at all is, per RFC 6749 section 5.2, `invalid_client` ("no
+ * client authentication included"); oidc-provider answers it as `invalid_request`. It is
+ * answered 401 with the Basic challenge (RFC 7235 section 3.1), naming the scheme to use.
+ */
+function conformMissingClientAuth(ctx: Koa.Context, issuer: string): void {
+  const body = ctx.body as { error?: unknown; error_description?: unknown } | null | undefined;
+  if (
+    ctx.status === 400 &&
+    typeof body === 'object' &&
+    body !== null &&
+    body.error === 'invalid_request' &&
+    body.error_description === 'no client authentication mechanism provided'
+  ) {
+    ctx.status = 401;
+    ctx.set('WWW-Authenticate', `Basic realm="${issuer}"`);
+    ctx.body = { error: 'invalid_client', error_description: 'client authentication is required' };
   }
 }
 
