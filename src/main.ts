@@ -9,7 +9,7 @@ import { ConfigError, loadConfig, type Config } from './config.ts';
 import { migrateDatabase, openDatabaseOrExplain } from './db/index.ts';
 import { DelegationStore } from './db/delegations.ts';
 import { OutboxStore } from './db/outbox.ts';
-import { Store, type Agent } from './db/store.ts';
+import { epoch, Store, type Agent } from './db/store.ts';
 import { registerAgent, UsageError } from './agents/registry.ts';
 import {
   KeyDecryptionError,
@@ -263,7 +263,7 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
         const agent = store.findAgent(clientId);
         return agent && { agent, mapped: new DelegationStore(store.db).serviceClientIdsOf(clientId) };
       });
-      if (found === undefined) throw new UsageError(`no agent with client id '${clientId}'`);
+      if (found === undefined) throw new CommandError(`no agent with client id '${clientId}'`);
       const described = { ...describeAgent(found.agent), service_client_ids: Object.fromEntries(found.mapped.map((m) => [m.audience, m.clientId])) };
       if (values.json) {
         out(JSON.stringify(described));
@@ -293,7 +293,7 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
         throw new UsageError('--service-client-id must be 1 to 255 printable characters');
       }
       withStore(config, (store) => {
-        if (store.findAgent(clientId) === undefined) throw new UsageError(`no agent with client id '${clientId}'`);
+        if (store.findAgent(clientId) === undefined) throw new CommandError(`no agent with client id '${clientId}'`);
         new DelegationStore(store.db).mapServiceClientId(clientId, audience, serviceClientId);
       });
       out(`ID-JAGs from ${clientId} for ${audience} now carry client_id '${serviceClientId}'.`);
@@ -304,7 +304,7 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
       const { positionals } = parse(rest, {});
       const clientId = onePositional(positionals, 'agents remove needs a CLIENT_ID');
       const removed = withStore(config, (store) => new DelegationStore(store.db).removeAgent(clientId));
-      if (removed === undefined) throw new UsageError(`no agent with client id '${clientId}'`);
+      if (removed === undefined) throw new CommandError(`no agent with client id '${clientId}'`);
       out(`Removed agent ${clientId}; ${removed.revokedDelegations} delegation(s) revoked.`);
       out('Services that received its ID-JAGs are told by the running server (deputy events list).');
       return 0;
@@ -334,7 +334,7 @@ function usersCommand(config: Config, argv: string[], out: Output): number {
       const { positionals } = parse(rest, {});
       const userId = onePositional(positionals, 'users remove needs a USER_ID');
       const removed = withStore(config, (store) => new DelegationStore(store.db).removeUser(userId));
-      if (removed === undefined) throw new UsageError(`no user with id '${userId}'`);
+      if (removed === undefined) throw new CommandError(`no user with id '${userId}'`);
       out(`Removed user ${userId}; ${removed.revokedDelegations} delegation(s) revoked.`);
       return 0;
     }
@@ -429,11 +429,15 @@ async function keysCommand(config: Config, argv: string[], out: Output): Promise
         });
         await keys.refresh();
         const row = await keys.rotate(alg as SigningAlg).catch((error: unknown) => {
-          if (error instanceof RotationPendingError) throw new UsageError(error.message);
+          if (error instanceof RotationPendingError) throw new CommandError(error.message);
           throw error;
         });
-        out(`New ${row.alg} key ${row.kid} is published now and signs from ${iso(row.activatesAt)}.`);
-        out('The current key retires then and stays published until every token it signed has expired.');
+        if (row.activatesAt <= epoch()) {
+          out(`New ${row.alg} key ${row.kid} signs from now: there was no key that signs before it.`);
+        } else {
+          out(`New ${row.alg} key ${row.kid} is published now and signs from ${iso(row.activatesAt)}.`);
+          out('The current key retires then and stays published until every token it signed has expired.');
+        }
         return 0;
       } finally {
         connection.close();
@@ -526,7 +530,7 @@ function readJwksFile(path: string): unknown {
   try {
     text = readFileSync(path, 'utf8');
   } catch (error) {
-    throw new UsageError(`--jwks: cannot read '${path}': ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+    throw new CommandError(`--jwks: cannot read '${path}': ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
   }
   try {
     return JSON.parse(text);
@@ -535,13 +539,21 @@ function readJwksFile(path: string): unknown {
   }
 }
 
-/** Prints known mistakes as one line (configuration) or with the usage (arguments). */
+/** A command that cannot be carried out as asked (nothing by that id, a rotation pending). */
+class CommandError extends Error {
+  override name = 'CommandError';
+}
+
+/**
+ * Prints known mistakes: with the usage and status 2 for arguments; as one line and status 1
+ * for configuration and for commands that cannot be carried out.
+ */
 function report(error: unknown): number {
   if (error instanceof UsageError) {
     console.error(`deputy: ${error.message}\n\n${USAGE}`);
     return 2;
   }
-  if (error instanceof ConfigError || error instanceof KeyDecryptionError) {
+  if (error instanceof ConfigError || error instanceof KeyDecryptionError || error instanceof CommandError) {
     console.error(`deputy: ${error.message}`);
     return 1;
   }

@@ -4,6 +4,7 @@
  * decrypts the same signing keys and honours the same cookies.
  */
 import { hkdfSync, randomBytes } from 'node:crypto';
+import Database from 'better-sqlite3';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { mkdirSync } from 'node:fs';
@@ -35,7 +36,7 @@ export function resolveSecret(config: Config): { secret: string; generated: bool
     return { secret, generated: false, file };
   }
 
-  if (existsSync(resolve(config.dbPath))) {
+  if (holdsSigningKeys(config.dbPath)) {
     throw new ConfigError(
       `${file} is missing but the database ${config.dbPath} exists, and its signing keys are encrypted under that secret: restore the file or set DEPUTY_SECRET`,
     );
@@ -45,6 +46,27 @@ export function resolveSecret(config: Config): { secret: string; generated: bool
   const secret = randomBytes(32).toString('base64url');
   writeFileSync(file, `${secret}\n`, { mode: 0o600, flag: 'wx' });
   return { secret, generated: true, file };
+}
+
+/**
+ * Whether the database exists and holds signing keys, encrypted under a secret that must not be
+ * replaced. A database without keys (made by a command run before the first start) has nothing
+ * a new secret would lose.
+ */
+function holdsSigningKeys(dbPath: string): boolean {
+  if (dbPath === ':memory:' || !existsSync(resolve(dbPath))) return false;
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(dbPath, { readonly: true, fileMustExist: true });
+    const row = db.prepare("select count(*) as n from sqlite_master where type = 'table' and name = 'signing_keys'").get() as { n: number };
+    if (row.n === 0) return false;
+    return (db.prepare('select count(*) as n from signing_keys').get() as { n: number }).n > 0;
+  } catch {
+    // Unreadable as SQLite: opening it for real will say so.
+    return false;
+  } finally {
+    db?.close();
+  }
 }
 
 export function deriveSecrets(secret: string): Secrets {

@@ -295,7 +295,9 @@ describe('deputy agents remove', () => {
     assertSucceeded(human);
     assert.equal(human.stdout.includes(agent.client_id), false);
 
-    assertRefused(await run('agents', 'remove', agent.client_id), `no agent with client id '${agent.client_id}'`);
+    const again = await run('agents', 'remove', agent.client_id);
+    assert.equal(again.code, 1, again.stderr);
+    assert.equal(again.stderr.trim(), `deputy: no agent with client id '${agent.client_id}'`, 'one line, no usage');
   });
 });
 

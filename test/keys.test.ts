@@ -215,6 +215,36 @@ describe('changing DEPUTY_SECRET', () => {
   const cli = (env: Record<string, string>, ...args: string[]) =>
     run(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], { env: { PATH: process.env.PATH, ...env } });
 
+  test('key commands before the first start leave a database the server starts on', async () => {
+    for (const first of [['keys', 'list'], ['keys', 'rotate', '--alg', 'EdDSA']]) {
+      const dir = tempDir();
+      const dbPath = `${dir.path}/deputy.db`;
+      try {
+        // The development secret file is made beside the database, as `npm start` would.
+        const { stdout } = await cli({ DEPUTY_DB: dbPath }, ...first);
+        if (first[1] === 'rotate') assert.match(stdout, /signs from now: there was no key that signs before it/);
+        const deputy = await startDeputy({ dbPath, env: { DEPUTY_SIGNING_ALG: first[1] === 'rotate' ? 'EdDSA' : 'ES256' } });
+        try {
+          const active = deputy.deputy.keys.active();
+          assert.equal(active.alg, first[1] === 'rotate' ? 'EdDSA' : 'ES256');
+          assert.equal(deputy.deputy.keys.describe().length, 1, `${first.join(' ')}: one key, signing`);
+        } finally {
+          await deputy.stop();
+        }
+
+        await cli({ DEPUTY_DB: dbPath }, 'keys', 'rotate');
+        await assert.rejects(cli({ DEPUTY_DB: dbPath }, 'keys', 'rotate'), (error: { code: number; stderr: string }) => {
+          assert.equal(error.code, 1);
+          assert.equal(error.stderr.trim().split('\n').length, 1, `one line: ${error.stderr}`);
+          assert.match(error.stderr, /^deputy: .*already/);
+          return true;
+        });
+      } finally {
+        dir.remove();
+      }
+    }
+  });
+
   test('keys reencrypt moves the keys to the new secret; the old one no longer opens them', async () => {
     const dir = tempDir();
     const dbPath = `${dir.path}/deputy.db`;

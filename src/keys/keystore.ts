@@ -107,6 +107,17 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
       });
     }
 
+    // A key rotated in before any key ever signed (`deputy keys rotate` on a new database,
+    // from an earlier version) waits for a pre-publication that protects no one: nothing was
+    // signed, so no cache lacks it. It signs from now.
+    this.#store.exclusive((tx) => {
+      const now = epoch();
+      const rows = tx.allSigningKeys();
+      if (activeRow(rows, now) !== undefined || rows.some((r) => r.retiredAt !== null)) return;
+      const pending = rows.filter((r) => keyState(r, now) === 'next').sort((a, b) => a.activatesAt - b.activatesAt)[0];
+      if (pending !== undefined) tx.activateSigningKey(pending.kid, now);
+    });
+
     await this.refresh();
     const next = this.#rows.find((row) => keyState(row) === 'next');
     if (this.active().alg !== this.#policy.alg && next?.alg !== this.#policy.alg) {
@@ -181,17 +192,21 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
     const row = await this.#generate(alg, now + this.#policy.prepublishSeconds + 1);
     const inserted = this.#store.exclusive((tx) => {
       const rows = tx.allSigningKeys();
-      if (rows.some((r) => keyState(r, now) === 'next')) return false;
+      if (rows.some((r) => keyState(r, now) === 'next')) return undefined;
       const current = activeRow(rows, now);
-      tx.insertSigningKey(row);
-      if (current !== undefined) {
-        tx.retireSigningKey(current.kid, row.activatesAt, row.activatesAt + this.#policy.retentionSeconds);
+      if (current === undefined) {
+        // No key signs yet (a new database): nothing to publish ahead of, so it signs now.
+        const first = { ...row, activatesAt: now };
+        tx.insertSigningKey(first);
+        return first;
       }
-      return true;
+      tx.insertSigningKey(row);
+      tx.retireSigningKey(current.kid, row.activatesAt, row.activatesAt + this.#policy.retentionSeconds);
+      return row;
     });
-    if (!inserted) throw new RotationPendingError();
+    if (inserted === undefined) throw new RotationPendingError();
     await this.refresh();
-    return row;
+    return inserted;
   }
 
   /** The automatic schedule (DEPUTY_KEY_ROTATION_DAYS): rotates when the active key is old. */
