@@ -317,6 +317,43 @@ describe('limits', () => {
   });
 });
 
+describe('bodies without a length', () => {
+  test('are held to the same limit', async () => {
+    const dir = tempDir();
+    const deputy = await startDeputy({ dbPath: `${dir.path}/deputy.db`, env: { DEPUTY_BODY_LIMIT: '2048' } });
+    try {
+      /** A body sent as a stream: fetch declares no length and sends it chunked. */
+      const chunked = (path: string, text: string, headers: Record<string, string> = {}) =>
+        fetch(`${deputy.url}${path}`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+          body: new Blob([text]).stream(),
+          duplex: 'half',
+        } as RequestInit);
+
+      const fresh = await addAgent(deputy, 'Streaming Bot');
+      const over = await chunked('/token', `grant_type=refresh_token&padding=${'x'.repeat(4096)}`, { authorization: basic(fresh) });
+      assert.equal(over.status, 413);
+      assert.deepEqual(await over.json(), {
+        error: 'invalid_request',
+        error_description: 'the request body is larger than 2048 bytes',
+      });
+
+      // Under the limit it is read and answered as if it had been sent with its length.
+      const under = await chunked('/token', 'grant_type=refresh_token&refresh_token=unknown', { authorization: basic(fresh) });
+      assert.equal(under.status, 400, await under.clone().text());
+      assert.equal(((await under.json()) as { error: string }).error, 'invalid_grant');
+
+      const page = await chunked('/logout', `csrf=${'x'.repeat(4096)}`);
+      assert.equal(page.status, 413);
+      assert.match(await page.text(), /Request Entity Too Large|too large/i);
+    } finally {
+      await deputy.stop();
+      dir.remove();
+    }
+  });
+});
+
 describe('SIGTERM', () => {
   test('stops accepting, finishes the request in flight, and exits 0', async () => {
     const dir = tempDir();

@@ -70,25 +70,51 @@ export function requestTracking(options: { log: Logger; metrics: Metrics; draini
 }
 
 /**
- * Refuses a body declared larger than the limit before anyone reads it: 413, as JSON on the
- * OAuth endpoints and as a page elsewhere. Bodies sent without a length are held to the same
- * limit by the parsers (oidc-provider's own cap is 56 KiB).
+ * Holds every request body to the limit: 413, as JSON on the OAuth endpoints and as a page
+ * elsewhere. A body declared larger is refused before anyone reads it. A body sent without a
+ * length (chunked) is read here, up to the limit, at the OAuth endpoints and handed to
+ * oidc-provider as read (it takes a body read before it; it says so once in the log); on
+ * people's pages the form parser holds it to the limit (web/body.ts reads it from ctx.state).
  */
 export function bodyLimit(limitBytes: number): Koa.Middleware {
-  return async function limitBody(ctx, next) {
-    const length = Number(ctx.get('Content-Length') || 0);
-    if (length > limitBytes) {
-      const message = `the request body is larger than ${limitBytes} bytes`;
-      if (isOAuthEndpoint(ctx.path)) {
-        ctx.status = 413;
-        ctx.set('Connection', 'close');
-        ctx.body = { error: 'invalid_request', error_description: message };
-        return;
-      }
-      ctx.set('Connection', 'close');
-      throw new PageError(413, 'Request too large', `Deputy does not accept ${message}.`);
+  function refuse(ctx: Koa.Context): void {
+    const message = `the request body is larger than ${limitBytes} bytes`;
+    ctx.set('Connection', 'close');
+    if (isOAuthEndpoint(ctx.path)) {
+      ctx.status = 413;
+      ctx.body = { error: 'invalid_request', error_description: message };
+      return;
     }
-    await next();
+    throw new PageError(413, 'Request too large', `Deputy does not accept ${message}.`);
+  }
+
+  return async function limitBody(ctx, next) {
+    (ctx.state as { bodyLimit?: number }).bodyLimit = limitBytes;
+    const declared = ctx.get('Content-Length');
+    if (declared !== '') {
+      if (Number(declared) > limitBytes) return refuse(ctx);
+      return next();
+    }
+    if (ctx.get('Transfer-Encoding') === '') return next();
+
+    // People's forms are read by their own parser, which holds a body to the limit as it reads.
+    if (!isOAuthEndpoint(ctx.path)) return next();
+    const chunks: Buffer[] = [];
+    let received = 0;
+    try {
+      for await (const chunk of ctx.req.iterator({ destroyOnReturn: false })) {
+        received += (chunk as Buffer).length;
+        if (received > limitBytes) return refuse(ctx);
+        chunks.push(chunk as Buffer);
+      }
+    } catch {
+      // The sender broke off; whoever is still listening learns the body was not read.
+      ctx.status = 400;
+      ctx.body = { error: 'invalid_request', error_description: 'the request body could not be read' };
+      return undefined;
+    }
+    ctx.request.body = Buffer.concat(chunks, received);
+    return next();
   };
 }
 
