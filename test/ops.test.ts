@@ -288,6 +288,9 @@ describe('limits', () => {
     assert.match(signIn.headers.get('content-type') ?? '', /^text\/html/);
     assert.ok(Number(signIn.headers.get('retry-after')) >= 1);
     assert.match(await signIn.text(), /Too many requests/);
+    // Starting one more is refused too: each start stores a sign-in attempt.
+    const start = await fetch(`${deputy.url}/login`, { redirect: 'manual' });
+    assert.equal(start.status, 429);
 
     for (let i = 0; i < 2; i += 1) assert.notEqual((await fetch(`${deputy.url}/consent/none`)).status, 429);
     const consent = await fetch(`${deputy.url}/consent/none`);

@@ -148,8 +148,10 @@ export function rateLimits(config: Config, metrics: Metrics): Koa.Middleware {
   const consent = limiter('consent', limits.consentPerAddress);
 
   function pageLimiter(method: string, path: string): Limiter | undefined {
-    // Sign-ins completed, and credentials posted to the development provider.
-    if (path === '/login/callback' || (method === 'POST' && path.startsWith(`${DEV_IDP_PATH}/`))) return signIn;
+    // Sign-ins started (each stores an attempt), completed, and credentials posted to the
+    // development provider: one sign-in counts two or three.
+    if (path === '/login' || path === '/login/callback') return signIn;
+    if (method === 'POST' && path.startsWith(`${DEV_IDP_PATH}/`)) return signIn;
     if (
       path.startsWith('/consent/') ||
       path.startsWith('/interaction/') ||
