@@ -2,7 +2,7 @@
  * The `deputy` command line: `serve` (the default), `migrate`, `agents …` and `keys list`.
  * Administration happens here; people use the web pages and agents use OAuth.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';
@@ -170,6 +170,8 @@ async function backupCommand(config: Config, args: string[], out: Output): Promi
   if (existsSync(file)) throw new ConfigError(`'${file}' exists; Deputy does not overwrite a backup`);
   const connection = openDatabaseOrExplain(config.dbPath);
   try {
+    // Readable by the owner only, like the database: it holds people's emails and the keys.
+    closeSync(openSync(file, 'wx', 0o600));
     const { totalPages } = await connection.sqlite.backup(file);
     out(`Backed up ${config.dbPath} to ${file} (${totalPages} pages).`);
     out('Restore by stopping Deputy and putting the file in place of the database (remove its -wal and -shm files).');

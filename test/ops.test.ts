@@ -8,6 +8,7 @@ import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { once } from 'node:events';
+import { statSync } from 'node:fs';
 import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { Writable } from 'node:stream';
@@ -155,6 +156,8 @@ describe('logs, metrics and health on a working Deputy', () => {
     const run = promisify(execFile);
     const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/main.ts', 'backup', file], { env });
     assert.match(stdout, /^Backed up .* to .*backup\.db \(\d+ pages\)\./);
+    assert.equal(statSync(file).mode & 0o777, 0o600, 'the backup is the owner\'s alone');
+    assert.equal(statSync(deputy.dbPath).mode & 0o777, 0o600, 'so is the database');
     const copy = new Database(file, { readonly: true });
     try {
       const row = copy.prepare('select name from agents where client_id = ?').get(agent.clientId) as { name: string };

@@ -2,7 +2,7 @@
  * The SQLite connection: WAL, foreign keys, a busy timeout, and the migrations from drizzle/
  * applied before anything reads.
  */
-import { mkdirSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
@@ -25,7 +25,11 @@ export interface Connection {
 const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../../drizzle');
 
 export function openDatabase(path: string): Connection {
-  if (path !== ':memory:') mkdirSync(dirname(resolve(path)), { recursive: true });
+  if (path !== ':memory:') {
+    mkdirSync(dirname(resolve(path)), { recursive: true });
+    // A new database is the owner's alone (SQLite gives its -wal and -shm files the same mode).
+    if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
+  }
 
   const sqlite = new Database(path);
   sqlite.pragma('journal_mode = WAL');
