@@ -59,6 +59,7 @@ const STYLESHEET = readFileSync(
   join(dirname(fileURLToPath(import.meta.url)), 'web/static/deputy.css'),
   'utf8',
 );
+const ICON = readFileSync(join(dirname(fileURLToPath(import.meta.url)), 'web/static/icon.svg'), 'utf8');
 
 export async function createDeputy(config: Config, log: Logger): Promise<Deputy> {
   const { secret } = resolveSecret(config);
@@ -160,6 +161,11 @@ async function assemble(
     ctx.set('Cache-Control', 'public, max-age=3600');
     ctx.type = 'text/css';
     ctx.body = STYLESHEET;
+  });
+  router.get('/static/icon.svg', function icon(ctx) {
+    ctx.set('Cache-Control', 'public, max-age=86400');
+    ctx.type = 'image/svg+xml';
+    ctx.body = ICON;
   });
 
   delegations.clearServiceCache();

@@ -162,6 +162,18 @@ describe('agents connect', () => {
     assert.equal(response.headers.get('access-control-allow-origin'), null);
   });
 
+  test('names the development setting when a mint is for a service on this machine', async () => {
+    const tokens = await connectByDevice(deputy, agent, browser);
+    const answer = await mint(deputy, agent, {
+      audience: 'http://127.0.0.1:4500',
+      subject_token: tokens.id_token,
+      subject_token_type: ID_TOKEN,
+    });
+    assert.equal(answer.status, 400);
+    assert.equal(answer.body.error, 'invalid_target');
+    assert.match(answer.body.error_description as string, /needs DEPUTY_ALLOW_LOOPBACK_SERVICES=true/);
+  });
+
   test('a mint without a delegation answers consent_required with a consent_uri', async () => {
     const tokens = await connectByDevice(deputy, agent, browser);
     const answer = await mint(deputy, agent, {

@@ -267,7 +267,10 @@ function checkParameters(params: Params, allowLoopback: boolean): ExchangeReques
   }
   const audience = audiences[0] as string;
   if (!isServiceUrl(audience, allowLoopback)) {
-    throw new errors.InvalidTarget('audience must be the https issuer identifier of the service');
+    const hint = !allowLoopback && isServiceUrl(audience, true) && audience.startsWith('http:')
+      ? ' (a service on this machine needs DEPUTY_ALLOW_LOOPBACK_SERVICES=true, for development only)'
+      : '';
+    throw new errors.InvalidTarget(`audience must be the https issuer identifier of the service${hint}`);
   }
 
   const resources = [...new Set(list(params.resource))];
