@@ -53,15 +53,31 @@ import { basic, connectByDevice, ID_JAG, REFRESH_TOKEN, TOKEN_EXCHANGE } from '.
 import { Browser, formAction } from '../test/helpers/browser.ts';
 import type { LoadJob, LoadRequest, LoadResult } from './mint-load.ts';
 
-const { values } = parseArgs({
-  options: {
-    delegations: { type: 'string', default: '10000' },
-    duration: { type: 'string', default: '10' },
-    connections: { type: 'string', default: '64' },
-    json: { type: 'boolean', default: false },
-    profile: { type: 'string' },
-  },
-});
+const USAGE = 'usage: npm run bench -- [--delegations N] [--duration SECONDS] [--connections N] [--json] [--profile FILE]';
+
+function parseOptions() {
+  try {
+    return parseArgs({
+      options: {
+        delegations: { type: 'string', default: '10000' },
+        duration: { type: 'string', default: '10' },
+        connections: { type: 'string', default: '64' },
+        json: { type: 'boolean', default: false },
+        profile: { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (error) {
+    console.error(`${(error as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+}
+
+const { values } = parseOptions();
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
 
 function positiveInteger(name: string, value: string): number {
   const n = Number(value);
