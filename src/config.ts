@@ -246,7 +246,7 @@ function parseChoice<T extends string>(
 function parseBoolean(name: string, value: string | undefined): boolean {
   if (value === undefined || value === '' || value === 'false' || value === '0') return false;
   if (value === 'true' || value === '1') return true;
-  throw new ConfigError(`${name} must be 'true' or 'false', got '${value}'`);
+  throw new ConfigError(`${name} must be 'true' or 'false' (or '1' or '0'), got '${value}'`);
 }
 
 function parseSecret(value: string | undefined, production: boolean): string | undefined {

@@ -449,9 +449,10 @@ async function keysCommand(config: Config, argv: string[], out: Output): Promise
     case 'reencrypt': {
       parse(rest, {});
       const old = process.env.DEPUTY_SECRET_OLD;
-      if (old === undefined || old.length < 32) {
+      if (old === undefined || old === '') {
         throw new UsageError('keys reencrypt needs DEPUTY_SECRET_OLD (the secret the keys are encrypted under)');
       }
+      if (old.length < 32) throw new ConfigError('DEPUTY_SECRET_OLD must be at least 32 characters');
       if (config.secret === undefined) {
         throw new UsageError('keys reencrypt needs DEPUTY_SECRET (the new secret)');
       }

@@ -257,7 +257,7 @@ describe('changing DEPUTY_SECRET', () => {
 
       await assert.rejects(cli({ DEPUTY_DB: dbPath, DEPUTY_SECRET_OLD: 'w'.repeat(40), DEPUTY_SECRET: newSecret }, 'keys', 'reencrypt'), (error: { code: number; stderr: string }) => {
         assert.equal(error.code, 1);
-        assert.match(error.stderr, /cannot be decrypted with this DEPUTY_SECRET/);
+        assert.match(error.stderr, /cannot be decrypted with this DEPUTY_SECRET_OLD; set it to the secret the keys are encrypted under now/);
         return true;
       });
 

@@ -305,7 +305,12 @@ export async function reencryptKeys(store: Store, from: Uint8Array, to: Uint8Arr
   const rows = store.allSigningKeys();
   const updated: { kid: string; privateJwe: string }[] = [];
   for (const row of rows) {
-    const jwk = await decryptPrivateJwk(row, from);
+    const jwk = await decryptPrivateJwk(row, from).catch((error: unknown) => {
+      if (error instanceof KeyDecryptionError) {
+        throw new KeyDecryptionError(row.kid, 'DEPUTY_SECRET_OLD', 'set it to the secret the keys are encrypted under now');
+      }
+      throw error;
+    });
     updated.push({ kid: row.kid, privateJwe: await encryptPrivateJwk(row.kid, jwk, to) });
   }
   store.exclusive((tx) => {
@@ -318,11 +323,12 @@ export async function reencryptKeys(store: Store, from: Uint8Array, to: Uint8Arr
 export class KeyDecryptionError extends Error {
   override name = 'KeyDecryptionError';
 
-  constructor(kid: string) {
-    super(
-      `signing key ${kid} cannot be decrypted with this DEPUTY_SECRET; ` +
-        'start with the secret the keys were created under, or re-encrypt them (deputy keys reencrypt)',
-    );
+  constructor(
+    kid: string,
+    variable = 'DEPUTY_SECRET',
+    advice = 'start with the secret the keys were created under, or re-encrypt them (deputy keys reencrypt)',
+  ) {
+    super(`signing key ${kid} cannot be decrypted with this ${variable}; ${advice}`);
   }
 }
 
