@@ -262,7 +262,7 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
       const { values, positionals } = parse(rest, { json: { type: 'boolean' } });
       const clientId = onePositional(positionals, 'agents show needs a CLIENT_ID');
       const found = withStore(config, (store) => {
-        const agent = store.findAgent(clientId);
+        const agent = store.findAgentRecord(clientId);
         return agent && { agent, mapped: new DelegationStore(store.db).serviceClientIdsOf(clientId) };
       });
       if (found === undefined) throw new CommandError(`no agent with client id '${clientId}'`);
@@ -504,6 +504,7 @@ function describeAgent(agent: Agent) {
     jwks_uri: agent.jwksUri,
     jwks: agent.jwks,
     created_at: iso(agent.createdAt),
+    ...(agent.removedAt === null ? {} : { removed_at: iso(agent.removedAt) }),
   };
 }
 

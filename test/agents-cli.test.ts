@@ -295,6 +295,8 @@ describe('deputy agents remove', () => {
     assertSucceeded(human);
     assert.equal(human.stdout.includes(agent.client_id), false);
 
+    const record = parseJson<Record<string, unknown>>(await run('agents', 'show', agent.client_id, '--json'));
+    assert.match(record.removed_at as string, /^\d{4}-\d{2}-\d{2}T/, 'the record stays, marked removed');
     const again = await run('agents', 'remove', agent.client_id);
     assert.equal(again.code, 1, again.stderr);
     assert.equal(again.stderr.trim(), `deputy: no agent with client id '${agent.client_id}'`, 'one line, no usage');

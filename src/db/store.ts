@@ -182,6 +182,11 @@ export class Store {
     return this.#findAgent.get({ clientId });
   }
 
+  /** The agent's record even after its removal (kept for the audit trail). */
+  findAgentRecord(clientId: string): Agent | undefined {
+    return this.db.select().from(agents).where(eq(agents.clientId, clientId)).get();
+  }
+
   listAgents(): Agent[] {
     return this.db
       .select()
