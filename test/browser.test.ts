@@ -216,7 +216,11 @@ describe('Deputy in headless Chromium', { skip }, () => {
       48,
       'the service logo loads (img-src https:)',
     );
-    assert.deepEqual(await facts(page.locator('main > dl.facts')), { 'Scopes asked for': 'read', Resources: service.resource });
+    // The resources once, in the service's card; the scopes asked for, and the choice ticked.
+    assert.deepEqual(await facts(serviceCard.locator('dl.facts')), { Audience: service.issuer, Resources: service.resource });
+    assert.deepEqual(await facts(page.locator('main > dl.facts')), { 'Scopes asked for': 'read' });
+    assert.equal(await page.getByLabel('read', { exact: true }).isChecked(), true);
+    assert.equal(await page.getByLabel('write', { exact: true }).isChecked(), false);
     const once = page.getByLabel('Once: one assertion, within the next 24 hours');
     const always = page.getByLabel('Always: until I revoke it');
     assert.equal(await once.isChecked(), true, 'once is the default');

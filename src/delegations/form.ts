@@ -63,7 +63,10 @@ export function delegationFromForm(
   };
 }
 
-/** The end of the chosen day (UTC); it must be in the future and within a year. */
+/**
+ * The last second of the chosen day (UTC), shown as 23:59; it must be in the future and within
+ * MAX_UNTIL_DAYS.
+ */
 function untilDate(value: unknown, now: number): number {
   const refuse = () => {
     throw new PageError(400, 'Choose a date', `Give a date from today to ${MAX_UNTIL_DAYS} days ahead.`);
@@ -72,7 +75,7 @@ function untilDate(value: unknown, now: number): number {
   const start = Date.parse(`${value}T00:00:00Z`);
   // Date.parse rolls 2027-02-30 over to March; only a date that reads back the same is real.
   if (Number.isNaN(start) || new Date(start).toISOString().slice(0, 10) !== value) return refuse();
-  const end = Math.floor(start / 1000) + 86400;
+  const end = Math.floor(start / 1000) + 86400 - 1;
   if (end <= now || end > now + MAX_UNTIL_DAYS * 86400) return refuse();
   return end;
 }
