@@ -354,6 +354,50 @@ describe('the mint', () => {
     }
   });
 
+  test('answers access_denied once the person denies, while the denial stands', async () => {
+    const denied = await startAuthMdService({ trustedIssuers: [deputy.url], name: 'Denied Service' });
+    try {
+      const params = { audience: denied.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN };
+      const asked = await mint(deputy, agent, params);
+      assert.equal(asked.body.error, 'consent_required');
+      const page = await ada.go(asked.body.consent_uri as string);
+      const csrf = /name="csrf" value="([^"]+)"/.exec(page.body)?.[1] as string;
+      const done = await ada.submit(asked.body.consent_uri as string, { csrf, decision: 'deny' });
+      assert.equal(done.status, 200);
+      assert.match(done.body, /Denied/);
+
+      const refused = await mint(deputy, agent, params);
+      assert.equal(refused.status, 400);
+      assert.equal(refused.body.error, 'access_denied');
+      assert.equal(refused.body.consent_uri, undefined);
+    } finally {
+      await denied.close();
+    }
+  });
+
+  test('refuses to approve a consent request for an agent disconnected since it asked', async () => {
+    const gone = await addAgent(deputy, 'Gone Bot');
+    const goneTokens = await connectByDevice(deputy, gone, ada);
+    const asked = await mint(deputy, gone, { audience: service.issuer, subject_token: goneTokens.id_token, subject_token_type: ID_TOKEN });
+    assert.equal(asked.body.error, 'consent_required');
+
+    const home = await ada.go(`${deputy.url}/`);
+    const csrf = /name="csrf" value="([^"]+)"/.exec(home.body)?.[1] as string;
+    await ada.submit(`${deputy.url}/agents/${gone.clientId}/disconnect`, { csrf });
+
+    const page = await ada.go(asked.body.consent_uri as string);
+    assert.equal(page.status, 400);
+    assert.match(page.body, /This agent is not connected/);
+    const approved = await ada.submit(asked.body.consent_uri as string, { csrf, decision: 'approve', mode: 'always' });
+    assert.equal(approved.status, 400);
+    const after = await ada.go(`${deputy.url}/`);
+    assert.doesNotMatch(after.body.split('id="delegations-heading"')[1] ?? '', /Gone Bot[\s\S]*status-active/);
+    assert.equal(
+      deputy.deputy.delegations.activeDelegation(decodeJwt(goneTokens.id_token).sub as string, gone.clientId, service.issuer),
+      undefined,
+    );
+  });
+
   test('grants from a consent request only the scopes the service publishes', async () => {
     const scoped = await startAuthMdService({ trustedIssuers: [deputy.url], name: 'Scoped Service', scopes: ['read', 'write'] });
     try {

@@ -421,6 +421,28 @@ export class DelegationStore {
     return { ...created, expiresIn: ttlSeconds };
   }
 
+  /**
+   * Whether the person denied this agent a consent request for the audience that is still
+   * within its lifetime: the denial stands that long, so the agent is told rather than asking
+   * again and again.
+   */
+  consentDenied(userId: string, agentClientId: string, audience: string): boolean {
+    const denied = this.#db
+      .select({ id: consentRequests.id })
+      .from(consentRequests)
+      .where(
+        and(
+          eq(consentRequests.userId, userId),
+          eq(consentRequests.agentClientId, agentClientId),
+          eq(consentRequests.audience, audience),
+          eq(consentRequests.outcome, 'denied'),
+          gt(consentRequests.expiresAt, epoch()),
+        ),
+      )
+      .get();
+    return denied !== undefined;
+  }
+
   findConsentRequest(id: string): ConsentRequest | undefined {
     return this.#db.select().from(consentRequests).where(eq(consentRequests.id, id)).get();
   }

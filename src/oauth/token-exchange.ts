@@ -148,6 +148,9 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
    * exactly this request (DESIGN 2.3, way 3).
    */
   function consentRequired(ctx: KoaContextWithOIDC, user: User, agentClientId: string, request: ExchangeRequest): void {
+    if (delegations.consentDenied(user.id, agentClientId, request.audience)) {
+      throw new errors.AccessDenied('the user denied this agent assertions for this audience');
+    }
     const consent = delegations.createConsentRequest(
       {
         userId: user.id,

@@ -85,7 +85,7 @@ export function bodyLimit(limitBytes: number): Koa.Middleware {
       ctx.body = { error: 'invalid_request', error_description: message };
       return;
     }
-    throw new PageError(413, 'Request too large', `Deputy does not accept ${message}.`);
+    throw new PageError(413, 'Request too large', `Deputy accepts request bodies of at most ${limitBytes} bytes.`);
   }
 
   return async function limitBody(ctx, next) {

@@ -56,7 +56,8 @@ export function deliveryOf(event: RevocationEvent): Record<string, unknown> {
   const why = event.lastError ? ` (last attempt: ${event.lastError})` : '';
   return {
     state: 'retrying',
-    text: event.attempts === 0 ? 'Telling the service…' : `Retrying; next attempt ${next}${why}`,
+    // An attempt under way has been counted but has not failed yet.
+    text: event.lastError === null ? 'Telling the service…' : `Retrying; next attempt ${next}${why}`,
   };
 }
 
@@ -266,6 +267,16 @@ export function pageRoutes(options: Options): Router {
 
     if (request.outcome !== null || request.expiresAt <= epoch()) {
       throw new PageError(400, 'This request is closed', 'It was already answered or has expired. Ask the agent to try again.');
+    }
+
+    // Disconnected since it asked: approving would hand a delegation to an agent that does not
+    // act for this person, ready for the day it connects again.
+    if (!delegations.isConnected(state.user.id, request.agentClientId)) {
+      throw new PageError(
+        400,
+        'This agent is not connected',
+        'The agent that asked is no longer connected to your account. Connect it again first; then it can ask again.',
+      );
     }
 
     return { request, user: state.user };
