@@ -11,6 +11,7 @@ import {
   basic,
   connectByCode,
   connectByDevice,
+  formFields,
   ID_TOKEN,
   mint,
   post,
@@ -208,6 +209,22 @@ describe('the device page', () => {
       const confirm = await browser.submit(`${deputy.url}/device`, { xsrf, user_code: (device.body.user_code as string).toLowerCase() });
       assert.equal(confirm.status, 200, confirm.body.slice(0, 300));
       assert.match(confirm.body, /Connect Research Bot\?/);
+
+      // The code is used up once confirmed: typed again, the person is told what to do.
+      const confirmed = formFields(confirm, 'op.deviceConfirmForm');
+      await browser.submit(confirmed.action, confirmed.fields);
+      const again = await browser.go(`${deputy.url}/device`);
+      const retyped = await browser.submit(`${deputy.url}/device`, {
+        xsrf: /name="xsrf" value="([^"]+)"/.exec(again.body)?.[1] as string,
+        user_code: device.body.user_code as string,
+      });
+      assert.equal(retyped.status, 200);
+      assert.match(retyped.body, /That code has been used already\. If you did not finish connecting, start again from the agent/);
+      const unknown = await browser.submit(`${deputy.url}/device`, {
+        xsrf: /name="xsrf" value="([^"]+)"/.exec(retyped.body)?.[1] as string,
+        user_code: 'BCDF-GHJK',
+      });
+      assert.match(unknown.body, /Deputy knows no such code/);
     } finally {
       await deputy.stop();
       dir.remove();

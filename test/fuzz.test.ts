@@ -1342,7 +1342,7 @@ describe('fuzz: pages', () => {
       const again: Sent = { method: 'POST', path: '/device', headers: [form, ['Cookie', cookie]], body: Buffer.from(`xsrf=${xsrf}&user_code=ABCD-EFGH`) };
       const retried = await send(world.base, again);
       assertPageAnswer(again, retried);
-      assert.match(retried.body.toString(), /the code was not found/, describeExchange(again, retried));
+      assert.match(retried.body.toString(), /Deputy knows no such code/, describeExchange(again, retried));
     }
 
     // A body that does not match its Content-Encoding failed in zlib without a status: 500.

@@ -167,6 +167,22 @@ function conformErrorDescription(ctx: Koa.Context): void {
   }
 }
 
+/** What the person is told on the code page, by the kind of error oidc-provider re-renders. */
+const DEVICE_CODE_MESSAGES: Record<string, string> = {
+  NoCodeError: 'Enter the code the agent shows you.',
+  NotFoundError: 'Deputy knows no such code. Check it against the code the agent shows.',
+  ExpiredError: 'That code has expired. Ask the agent for a new one.',
+  AlreadyUsedError:
+    'That code has been used already. If you did not finish connecting, start again from the agent: it will show a new code.',
+  AbortedError: 'You cancelled. The agent has been told it may not connect.',
+};
+
+function deviceCodeMessage(error: unknown, out: { error: string; error_description?: string }): string {
+  const name = error instanceof Error ? error.name : '';
+  // Other errors (an expired or unknown interaction) carry a description meant for people.
+  return DEVICE_CODE_MESSAGES[name] ?? out.error_description ?? 'Something went wrong. Start again from the agent.';
+}
+
 /**
  * A request that names no client at all is, per RFC 6749 section 5.2, `invalid_client` ("no
  * client authentication included"); oidc-provider answers it as `invalid_request`. It is
@@ -229,7 +245,7 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
         enabled: true,
         charset: 'base-20',
         mask: '****-****',
-        userCodeInputSource: async (ctx, form, out) => {
+        userCodeInputSource: async (ctx, form, out, error) => {
           const state = ctx.state as WebState;
           const session = ctx.oidc.session;
           if (out !== undefined && session !== undefined && typeof session.exp !== 'number') {
@@ -249,9 +265,7 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
             // token and action are taken from the form oidc-provider built.
             action: /action="([^"]+)"/.exec(form)?.[1] ?? ROUTES.code_verification,
             xsrf: /name="xsrf" value="([^"]+)"/.exec(form)?.[1] ?? '',
-            // oidc-provider's own re-render errors (a code not found, expired or used) carry
-            // their message in `error` alone.
-            error: out?.error_description ?? out?.error ?? null,
+            error: out === undefined ? null : deviceCodeMessage(error, out),
             user: state.user,
             csrf: state.csrf,
           });
