@@ -388,8 +388,10 @@ describe('Deputy in headless Chromium', { skip }, () => {
         `The agent will not get an assertion of your identity for ${service.issuer}.`,
       );
       await narrow('16-consent-denied');
+      // The agent is told, rather than sent a new link to ask again.
       const refused = await mint(deputy, agent, mintParams());
-      assert.equal(refused.body.error, 'consent_required');
+      assert.equal(refused.status, 400);
+      assert.equal(refused.body.error, 'access_denied');
     } finally {
       await page.setViewportSize({ width: 1280, height: 800 });
     }
