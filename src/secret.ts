@@ -58,8 +58,8 @@ function holdsSigningKeys(dbPath: string): boolean {
   let db: Database.Database | undefined;
   try {
     db = new Database(dbPath, { readonly: true, fileMustExist: true });
-    const row = db.prepare("select count(*) as n from sqlite_master where type = 'table' and name = 'signing_keys'").get() as { n: number };
-    if (row.n === 0) return false;
+    const table = db.prepare("select 1 from sqlite_master where type = 'table' and name = 'signing_keys'").get();
+    if (table === undefined) return false;
     return (db.prepare('select count(*) as n from signing_keys').get() as { n: number }).n > 0;
   } catch {
     // Unreadable as SQLite: opening it for real will say so.

@@ -173,7 +173,8 @@ const DEVICE_CODE_MESSAGES: Record<string, string> = {
   NotFoundError: 'Deputy knows no such code. Check it against the code the agent shows.',
   ExpiredError: 'That code has expired. Ask the agent for a new one.',
   AlreadyUsedError:
-    'That code has been used already. If you did not finish connecting, start again from the agent: it will show a new code.',
+    'That code has been used already. If you did not finish connecting, start again from the ' +
+    'agent: it will show a new code.',
   AbortedError: 'You cancelled. The agent has been told it may not connect.',
 };
 
