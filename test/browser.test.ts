@@ -195,7 +195,7 @@ describe('Deputy in headless Chromium', { skip }, () => {
     const card = page.locator('section[aria-labelledby="agents-heading"] li.card');
     assert.equal(await card.count(), 1);
     assert.equal(await text(card.locator('strong')), AGENT);
-    assert.match(await text(card.locator('.muted')), /^Connected \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC · openid offline_access email profile$/);
+    assert.match(await text(card.locator('.muted')), /^Connected \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC · sees your email and name · stays connected$/);
     assertClean(chromium.observed, 'device flow');
   });
 
@@ -312,7 +312,7 @@ describe('Deputy in headless Chromium', { skip }, () => {
     assert.equal(again.body.error, 'consent_required', 'minting stopped');
 
     // The audit trail names the one assertion minted, by jti, and the delivery.
-    await card.getByRole('link', { name: `Assertions issued under the delegation to ${SERVICE}`, exact: true }).click();
+    await card.getByRole('link', { name: `Assertions issued to ${AGENT} under its delegation to ${SERVICE}`, exact: true }).click();
     await heading(page, `${SERVICE} · ${AGENT}`);
     const audit = await facts(page.locator('main > dl.facts'));
     assert.deepEqual(audit, {
@@ -356,7 +356,7 @@ describe('Deputy in headless Chromium', { skip }, () => {
       await narrow('13-delegation-new');
 
       await page.goto(`${deputy.url}/`);
-      await page.getByRole('link', { name: `Assertions issued under the delegation to ${SERVICE}`, exact: true }).click();
+      await page.getByRole('link', { name: `Assertions issued to ${AGENT} under its delegation to ${SERVICE}`, exact: true }).click();
       await heading(page, `${SERVICE} · ${AGENT}`);
       await narrow('14-delegation-audit');
       // Each assertion reads as labelled lines, every value inside the screen, none clipped.
@@ -405,6 +405,11 @@ describe('Deputy in headless Chromium', { skip }, () => {
       email_verified: false,
     });
     await page.goto(`${deputy.url}/`);
+    // The first Tab reaches the skip link, which takes the keyboard past the header.
+    await page.keyboard.press('Tab');
+    assert.equal(await page.locator(':focus').textContent(), 'Skip to content');
+    await page.keyboard.press('Enter');
+    assert.equal(await page.locator(':focus').getAttribute('id'), 'main');
     await page.getByRole('button', { name: 'Sign out', exact: true }).focus();
     await page.keyboard.press('Enter');
     await heading(page, 'Deputy');

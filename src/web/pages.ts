@@ -94,7 +94,7 @@ export function pageRoutes(options: Options): Router {
     }
     render(ctx, 'home', {
       upstreamIssuer: options.upstreamIssuer,
-      agents: delegations.connectedAgents(state.user.id),
+      agents: delegations.connectedAgents(state.user.id).map((a) => ({ ...a, allows: connectionSummary(a.scope) })),
       delegations: list.map((d) => {
         const event = events.get(d.id);
         return { ...d, status: delegationStatus(d, now), delivery: event ? deliveryOf(event) : null };
@@ -291,6 +291,18 @@ export function pageRoutes(options: Options): Router {
   }
 
   return router;
+}
+
+/** What a connection's scopes let the agent do, in words: "sees your email and name · stays connected". */
+export function connectionSummary(scope: string): string {
+  const scopes = new Set(scope.split(' '));
+  const sees = [scopes.has('email') ? 'email' : null, scopes.has('profile') ? 'name' : null].filter((s) => s !== null);
+  return [
+    sees.length > 0 ? `sees your ${sees.join(' and ')}` : null,
+    scopes.has('offline_access') ? 'stays connected' : null,
+  ]
+    .filter((s) => s !== null)
+    .join(' · ');
 }
 
 function alreadyAllowed(agentName: string): PageError {
