@@ -385,7 +385,7 @@ describe('Deputy in headless Chromium', { skip }, () => {
       await heading(page, 'Denied');
       assert.equal(
         await text(page.locator('main p').first()),
-        `The agent will not get an assertion of your identity for ${service.issuer}.`,
+        `The agent will not get an assertion of your identity for ${SERVICE}.`,
       );
       await narrow('16-consent-denied');
       // The agent is told, rather than sent a new link to ask again.

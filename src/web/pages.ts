@@ -207,7 +207,13 @@ export function pageRoutes(options: Options): Router {
     if (body.decision === 'deny') {
       delegations.answerConsentRequest(request.id, 'denied', null);
       log.info({ event: 'consent_denied', user: user.id, client: request.agentClientId }, 'consent denied');
-      return render(ctx, 'consent-done', { approved: false, request });
+      // Named as the consent page named it; a service that cannot be read now is named by its
+      // audience, the denial stands either way.
+      const service = await directory.forAudience(request.audience, request.resources).catch((error: unknown) => {
+        if (isDiscoveryFailure(error)) return null;
+        throw error;
+      });
+      return render(ctx, 'consent-done', { approved: false, request, service });
     }
 
     if (body.decision !== 'approve') throw new PageError(400, 'Choose', 'Approve or deny the request.');
