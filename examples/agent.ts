@@ -14,7 +14,8 @@
  * 2. Discover the service: its protected resource metadata (RFC 9728) names the audience, the
  *    authorization server; a URL without one is taken as the audience itself.
  * 3. Mint: token exchange (RFC 8693) of the refresh token for an ID-JAG. Without a delegation
- *    Deputy answers `consent_required` with a link for the person; the agent retries meanwhile.
+ *    Deputy answers `consent_required` with a link for the person; the agent retries meanwhile
+ *    (getting the same link back), and stops when the person denies (`access_denied`).
  * 4. Register: POST the ID-JAG to the service's `agent_auth` registration endpoint, if any.
  *
  * Exits 0 on success and 1 with a one-line message otherwise.
