@@ -129,7 +129,10 @@ function limiter(name: string, perMinute: number): Limiter | undefined {
 }
 
 /**
- * Rate limits, per process (see the README's limits section):
+ * Rate limits, per process (see the README's limits section). Known limit: with several
+ * processes each allows the configured rate, since the counters live in memory; a shared store
+ * (rate-limiter-flexible's database-backed limiters, with issue 7's PostgreSQL) resolves it.
+ *
  * - the token, device authorization and revocation endpoints, per client: the client id of
  *   the Basic Authorization header (else per address); a request that then fails client
  *   authentication is given back to that client and counted against its address instead, so
