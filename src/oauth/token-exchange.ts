@@ -7,6 +7,11 @@
  * parameter is `invalid_request`; a subject token that is not Deputy's, not this agent's,
  * expired or revoked is `invalid_grant` (the ID-JAG draft's own example); an audience or
  * resource Deputy will not serve, including more than one audience, is `invalid_target`.
+ *
+ * Known limit: the mint runs inside oidc-provider's token endpoint, whose per-request work
+ * (body, client lookup and authentication, token lookups) is most of a mint's cost; one
+ * process reaches about a quarter of the benchmark's signing ceiling, short of the 50% target
+ * (README, Benchmarks). Several processes (issue 7) are the way past one event loop.
  */
 import { randomUUID } from 'node:crypto';
 import { createLocalJWKSet, errors as joseErrors, jwtVerify } from 'jose';
