@@ -392,10 +392,26 @@ describe('the mint', () => {
     assert.equal(approved.status, 400);
     const after = await ada.go(`${deputy.url}/`);
     assert.doesNotMatch(after.body.split('id="delegations-heading"')[1] ?? '', /Gone Bot[\s\S]*status-active/);
-    assert.equal(
-      deputy.deputy.delegations.activeDelegation(decodeJwt(goneTokens.id_token).sub as string, gone.clientId, service.issuer),
-      undefined,
-    );
+    const userId = decodeJwt(goneTokens.id_token).sub as string;
+    assert.equal(deputy.deputy.delegations.activeDelegation(userId, gone.clientId, service.issuer), undefined);
+
+    // An approval already past the page's check when the disconnect landed is refused where it
+    // writes.
+    const consentId = /\/consent\/(cns_[A-Za-z0-9_-]+)/.exec(asked.body.consent_uri as string)?.[1] as string;
+    const late = deputy.deputy.delegations.answerConsentRequest(consentId, 'approved', {
+      userId,
+      agentClientId: gone.clientId,
+      audience: service.issuer,
+      resources: [],
+      scope: '',
+      mode: 'always',
+      expiresAt: null,
+      serviceName: null,
+      serviceLogoUri: null,
+      serviceAgentAuth: null,
+    });
+    assert.equal(late, 'not-connected');
+    assert.equal(deputy.deputy.delegations.activeDelegation(userId, gone.clientId, service.issuer), undefined);
   });
 
   test('grants from a consent request only the scopes the service publishes', async () => {
@@ -475,6 +491,17 @@ describe('the mint', () => {
     const cases: [string, () => Promise<{ status: number; body: Record<string, unknown>; headers: Headers }>, number, string][] = [
       ['missing audience', () => mint(deputy, agent, { subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_request'],
       ['two audiences', () => mint(deputy, agent, { audience: [service.issuer, ras.issuer], subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
+      ...['HTTP://127.0.0.1', 'http://127.1', 'http://127.0.0.1:080', 'http://127.0.0.1/.'].map(
+        (spelling) =>
+          [
+            `an audience not in normal form (${spelling})`,
+            () => mint(deputy, agent, { audience: spelling, subject_token: tokens.id_token, subject_token_type: ID_TOKEN }),
+            400,
+            'invalid_target',
+          ] as (typeof cases)[number],
+      ),
+      ['an Authorization header that is not Basic', () => mint(deputy, agent, { audience: service.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN }, { authorization: 'Bearer x' }), 401, 'invalid_client'],
+      ['eleven resources', () => mint(deputy, agent, { audience: service.issuer, resource: Array.from({ length: 11 }, (_, i) => `${service.resource}/${i}`), subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
       ['an audience that is not an https URL', () => mint(deputy, agent, { audience: 'urn:example:service', subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
       ['a resource the delegation does not cover', () => mint(deputy, agent, { audience: service.issuer, resource: 'https://other.example/api', subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
       ['a scope the delegation does not cover', () => mint(deputy, agent, { audience: service.issuer, scope: 'admin', subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_scope'],

@@ -350,6 +350,10 @@ describe('bodies without a length', () => {
       assert.equal(under.status, 400, await under.clone().text());
       assert.equal(((await under.json()) as { error: string }).error, 'invalid_grant');
 
+      const code = await chunked('/device', `xsrf=x&user_code=${'x'.repeat(4096)}`);
+      assert.equal(code.status, 413);
+      assert.match(await code.text(), /Request too large/);
+
       const page = await chunked('/logout', `csrf=${'x'.repeat(4096)}`);
       assert.equal(page.status, 413);
       assert.match(await page.text(), /Request Entity Too Large|too large/i);

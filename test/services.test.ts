@@ -270,6 +270,16 @@ describe('service discovery', () => {
     assert.deepEqual(service.scopesSupported, ['openid']);
   });
 
+  test('names a service that publishes no issuer one way only', async () => {
+    assert.equal((await discoverAudience(modern.base, [], DEV)).audience, modern.base);
+    await discoveryFails(
+      discoverAudience(`${modern.base}/`, [], DEV),
+      'issuer_mismatch',
+      /publishes no issuer and is named '.*'; use that as the audience/,
+    );
+    assert.equal((await discoverService(`${modern.base}/`, DEV)).audience, modern.base, 'as typed with a slash');
+  });
+
   test('inserts the well-known suffix before an issuer path and keeps its trailing slash', async () => {
     const service = await discoverAudience(`${tenant.base}/tenant/`, [`${tenant.base}/mcp`], DEV);
     assert.equal(service.audience, `${tenant.base}/tenant/`);

@@ -455,7 +455,7 @@ export class DelegationStore {
     id: string,
     outcome: 'approved' | 'denied',
     delegation: NewDelegation | null,
-  ): { request: ConsentRequest; delegation: Delegation | null } | 'already-delegated' | undefined {
+  ): { request: ConsentRequest; delegation: Delegation | null } | 'already-delegated' | 'not-connected' | undefined {
     return this.#db.transaction(
       (tx) => {
         const now = epoch();
@@ -469,6 +469,11 @@ export class DelegationStore {
         if (open === undefined) return undefined;
 
         let created: Delegation | null = null;
+        // Checked here too, in the transaction that writes: the person may have disconnected
+        // the agent while the service's metadata was being read for this approval.
+        if (delegation !== null && !this.isConnected(delegation.userId, delegation.agentClientId)) {
+          return 'not-connected';
+        }
         if (delegation !== null) {
           created = insertUnlessActive(tx, delegation, now) ?? null;
           // The request stays open: the person may revoke the delegation they have and come back.

@@ -184,10 +184,17 @@ function deviceCodeMessage(error: unknown, out: { error: string; error_descripti
   return DEVICE_CODE_MESSAGES[name] ?? out.error_description ?? 'Something went wrong. Start again from the agent.';
 }
 
+/** oidc-provider's descriptions of a request that brings no usable client authentication. */
+const CLIENT_AUTH_MISSING = new Set([
+  'no client authentication mechanism provided',
+  'invalid authorization header value format',
+]);
+
 /**
- * A request that names no client at all is, per RFC 6749 section 5.2, `invalid_client` ("no
- * client authentication included"); oidc-provider answers it as `invalid_request`. It is
- * answered 401 with the Basic challenge (RFC 7235 section 3.1), naming the scheme to use.
+ * A request that names no client, or whose Authorization header is not Basic credentials, is
+ * per RFC 6749 section 5.2 `invalid_client` ("no client authentication included"; 401 when the
+ * Authorization header was tried); oidc-provider answers `invalid_request`. It is answered 401
+ * with the Basic challenge (RFC 7235 section 3.1), naming the scheme to use.
  */
 function conformMissingClientAuth(ctx: Koa.Context, issuer: string): void {
   const body = ctx.body as { error?: unknown; error_description?: unknown } | null | undefined;
@@ -196,11 +203,18 @@ function conformMissingClientAuth(ctx: Koa.Context, issuer: string): void {
     typeof body === 'object' &&
     body !== null &&
     body.error === 'invalid_request' &&
-    body.error_description === 'no client authentication mechanism provided'
+    typeof body.error_description === 'string' &&
+    CLIENT_AUTH_MISSING.has(body.error_description)
   ) {
     ctx.status = 401;
     ctx.set('WWW-Authenticate', `Basic realm="${issuer}"`);
-    ctx.body = { error: 'invalid_client', error_description: 'client authentication is required' };
+    ctx.body = {
+      error: 'invalid_client',
+      error_description:
+        body.error_description === 'invalid authorization header value format'
+          ? 'the Authorization header is not Basic client credentials'
+          : 'client authentication is required',
+    };
   }
 }
 

@@ -30,6 +30,8 @@ import type { ServiceDirectory } from '../services/directory.ts';
 export const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token';
 export const REFRESH_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:refresh_token';
 export const CONSENT_REQUEST_TTL_SECONDS = 600;
+/** Each resource may cost a metadata fetch (grantedResources); an ID-JAG needs few. */
+const MAX_RESOURCES = 10;
 
 const PARAMETERS = [
   'audience',
@@ -282,6 +284,9 @@ function checkParameters(params: Params, allowLoopback: boolean): ExchangeReques
   }
 
   const resources = [...new Set(list(params.resource))];
+  if (resources.length > MAX_RESOURCES) {
+    throw new errors.InvalidTarget(`at most ${MAX_RESOURCES} resource values per request`);
+  }
   for (const resource of resources) {
     if (!isAbsoluteUriWithoutFragment(resource)) {
       throw new errors.InvalidTarget('each resource must be an absolute URI without a fragment');
@@ -309,12 +314,13 @@ async function grantedResources(
     delegation.resources.length === 0 ||
     (delegation.resources.length === 1 && delegation.resources[0] === delegation.audience);
 
-  const refused: string[] = [];
-  for (const resource of requested) {
-    if (allowed.has(resource)) continue;
-    if (wholeService && (await directory.governs(delegation.audience, resource))) continue;
-    refused.push(resource);
-  }
+  // Checked together: a slow service delays the answer by one fetch's timeout, not by several.
+  const verdicts = await Promise.all(
+    requested.map(async (resource) =>
+      allowed.has(resource) || (wholeService && (await directory.governs(delegation.audience, resource))),
+    ),
+  );
+  const refused = requested.filter((_, i) => !verdicts[i]);
   if (refused.length > 0) {
     throw new errors.InvalidTarget(`resource not covered by the delegation: ${refused.join(' ')}`);
   }
@@ -345,6 +351,10 @@ function isServiceUrl(value: string, allowLoopback: boolean): boolean {
     return false;
   }
   if (url.hash !== '' || url.search !== '' || url.username !== '' || url.password !== '') return false;
+  // Written as URLs serialize (RFC 3986 section 6.2.2 normal form: lower-case scheme and host,
+  // no default port, no dot segments, a plain IPv4 address): audiences are compared as strings,
+  // so another spelling of one service would be another service to the delegations.
+  if (url.href !== value && !(url.pathname === '/' && url.href === `${value}/`)) return false;
   if (url.protocol === 'https:') return true;
   return allowLoopback && url.protocol === 'http:' && ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname);
 }

@@ -76,6 +76,17 @@ export function requestTracking(options: { log: Logger; metrics: Metrics; draini
  * oidc-provider as read (it takes a body read before it; it says so once in the log); on
  * people's pages the form parser holds it to the limit (web/body.ts reads it from ctx.state).
  */
+/** Paths whose bodies oidc-provider reads itself, with only its own 56 KiB cap. */
+function readByProvider(path: string): boolean {
+  return (
+    isOAuthEndpoint(path) ||
+    path === ROUTES.authorization ||
+    path === ROUTES.userinfo ||
+    path === ROUTES.code_verification ||
+    path.startsWith(`${ROUTES.code_verification}/`)
+  );
+}
+
 export function bodyLimit(limitBytes: number): Koa.Middleware {
   function refuse(ctx: Koa.Context): void {
     const message = `the request body is larger than ${limitBytes} bytes`;
@@ -97,22 +108,27 @@ export function bodyLimit(limitBytes: number): Koa.Middleware {
     }
     if (ctx.get('Transfer-Encoding') === '') return next();
 
-    // People's forms are read by their own parser, which holds a body to the limit as it reads.
-    if (!isOAuthEndpoint(ctx.path)) return next();
+    // People's forms are read by their own parser, which holds a body to the limit as it reads;
+    // oidc-provider's (the OAuth endpoints, the code page, /authorize) are read here.
+    if (!readByProvider(ctx.path)) return next();
     const chunks: Buffer[] = [];
     let received = 0;
     try {
       for await (const chunk of ctx.req.iterator({ destroyOnReturn: false })) {
         received += (chunk as Buffer).length;
-        if (received > limitBytes) return refuse(ctx);
+        if (received > limitBytes) break;
         chunks.push(chunk as Buffer);
       }
-    } catch {
+    } catch (error) {
       // The sender broke off; whoever is still listening learns the body was not read.
+      if (!isOAuthEndpoint(ctx.path)) {
+        throw new PageError(400, 'Bad request', 'Deputy could not read this request.', { cause: error });
+      }
       ctx.status = 400;
       ctx.body = { error: 'invalid_request', error_description: 'the request body could not be read' };
       return undefined;
     }
+    if (received > limitBytes) return refuse(ctx);
     ctx.request.body = Buffer.concat(chunks, received);
     return next();
   };

@@ -184,7 +184,7 @@ async function discoverIssuer(
 /**
  * Which form names the issuer: the published `issuer` (RFC 8414 §3.3: it must be one the
  * address was built from), else the form the auth.md sample lists in `authorization_servers`,
- * else the form as typed.
+ * else the form without a trailing slash (the first form when there is only one).
  */
 function issuerAmong(metadata: Record<string, unknown>, forms: [string, ...string[]]): string {
   if (metadata.issuer !== undefined) {
@@ -195,16 +195,26 @@ function issuerAmong(metadata: Record<string, unknown>, forms: [string, ...strin
   }
 
   const listed = stringArray(metadata.authorization_servers);
-  return forms.find((form) => listed.includes(form)) ?? forms[0];
+  return forms.find((form) => listed.includes(form)) ?? forms.find((form) => !form.endsWith('/')) ?? forms[0];
 }
 
 async function readAuthorizationServer(audience: string, guard: FetchGuard): Promise<JsonDocument> {
   const document = await readServerMetadata(audience, guard);
   const { issuer } = document.json;
   // RFC 8414 §3.3: a published issuer must be the one we asked for, or the data is not used.
-  // auth.md services publish none (SPEC 2.2); that is accepted.
+  // auth.md services publish none (SPEC 2.2); that is accepted, with one name for the service
+  // (issuerAmong): `h` and `h/` build one metadata URL, and must not make two audiences.
   if (issuer !== undefined && issuer !== audience) {
     throw issuerMismatch(issuer, audience);
+  }
+  if (issuer === undefined) {
+    const named = issuerAmong(document.json, typedForms(audience));
+    if (named !== audience) {
+      throw new ServiceDiscoveryError(
+        'issuer_mismatch',
+        `${quote(audience)} publishes no issuer and is named ${quote(named)}; use that as the audience`,
+      );
+    }
   }
   return document;
 }

@@ -231,6 +231,7 @@ export function pageRoutes(options: Options): Router {
         scope: chosenScopes(body.scope, service.scopesSupported),
       }),
     );
+    if (answered === 'not-connected') throw notConnected();
     if (answered === 'already-delegated') {
       throw alreadyAllowed(store.findAgent(request.agentClientId)?.name ?? request.agentClientId);
     }
@@ -277,13 +278,7 @@ export function pageRoutes(options: Options): Router {
 
     // Disconnected since it asked: approving would hand a delegation to an agent that does not
     // act for this person, ready for the day it connects again.
-    if (!delegations.isConnected(state.user.id, request.agentClientId)) {
-      throw new PageError(
-        400,
-        'This agent is not connected',
-        'The agent that asked is no longer connected to your account. Connect it again first; then it can ask again.',
-      );
-    }
+    if (!delegations.isConnected(state.user.id, request.agentClientId)) throw notConnected();
 
     return { request, user: state.user };
   }
@@ -309,6 +304,14 @@ export function connectionSummary(scope: string): string {
   ]
     .filter((s) => s !== null)
     .join(' · ');
+}
+
+function notConnected(): PageError {
+  return new PageError(
+    400,
+    'This agent is not connected',
+    'The agent that asked is no longer connected to your account. Connect it again first; then it can ask again.',
+  );
 }
 
 function alreadyAllowed(agentName: string): PageError {
