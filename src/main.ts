@@ -59,9 +59,12 @@ async function run(argv: string[], out: Output = console.log): Promise<number> {
   const [command = 'serve', ...rest] = argv;
 
   switch (command) {
-    case 'serve':
+    case 'serve': {
+      const { positionals } = parse(rest, {});
+      if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
       await serve(loadConfig());
       return 0;
+    }
     case 'migrate':
       return migrateCommand(loadConfig(), out);
     case 'agents':
@@ -95,6 +98,12 @@ async function serve(config: Config): Promise<Server> {
       { event: 'dev_idp' },
       `development sign-in is on at ${deputy.upstream.issuer}: any email signs in as verified. ` +
         'Set DEPUTY_UPSTREAM_ISSUER for real use; NODE_ENV=production refuses this.',
+    );
+  }
+  if (config.allowLoopbackServices) {
+    log.warn(
+      { event: 'loopback_services' },
+      'DEPUTY_ALLOW_LOOPBACK_SERVICES is on: services on this machine may be discovered, over plain http. Development only.',
     );
   }
 
@@ -450,11 +459,11 @@ async function keysCommand(config: Config, argv: string[], out: Output): Promise
       parse(rest, {});
       const old = process.env.DEPUTY_SECRET_OLD;
       if (old === undefined || old === '') {
-        throw new UsageError('keys reencrypt needs DEPUTY_SECRET_OLD (the secret the keys are encrypted under)');
+        throw new ConfigError('keys reencrypt needs DEPUTY_SECRET_OLD (the secret the keys are encrypted under)');
       }
       if (old.length < 32) throw new ConfigError('DEPUTY_SECRET_OLD must be at least 32 characters');
       if (config.secret === undefined) {
-        throw new UsageError('keys reencrypt needs DEPUTY_SECRET (the new secret)');
+        throw new ConfigError('keys reencrypt needs DEPUTY_SECRET (the new secret)');
       }
       const from = deriveSecrets(old).keyEncryptionKey;
       const to = deriveSecrets(config.secret).keyEncryptionKey;
@@ -564,6 +573,12 @@ function report(error: unknown): number {
   console.error(error);
   return 1;
 }
+
+// A reader that stops early (`deputy events list | head`) is not an error of Deputy's.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw error;
+});
 
 run(process.argv.slice(2)).then(
   (code) => {
