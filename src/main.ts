@@ -36,6 +36,7 @@ Commands:
   agents list [--json]          list registered agents
   agents show CLIENT_ID [--json]
   agents map CLIENT_ID --audience URL --service-client-id ID
+  agents unmap CLIENT_ID --audience URL
                                 the agent's client id at a service (the ID-JAG client_id)
   agents remove CLIENT_ID       remove an agent: its tokens end, its delegations are
                                 revoked and the services told
@@ -308,6 +309,17 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
         new DelegationStore(store.db).mapServiceClientId(clientId, audience, serviceClientId);
       });
       out(`ID-JAGs from ${clientId} for ${audience} now carry client_id '${serviceClientId}'.`);
+      return 0;
+    }
+
+    case 'unmap': {
+      const { values, positionals } = parse(rest, { audience: { type: 'string' } });
+      const clientId = onePositional(positionals, 'agents unmap needs a CLIENT_ID');
+      if (values.audience === undefined) throw new UsageError('agents unmap needs --audience');
+      const audience = values.audience;
+      const removed = withStore(config, (store) => new DelegationStore(store.db).unmapServiceClientId(clientId, audience));
+      if (!removed) throw new CommandError(`agent '${clientId}' has no client id mapped for '${audience}'`);
+      out(`ID-JAGs from ${clientId} for ${audience} carry the default client_id again.`);
       return 0;
     }
 

@@ -311,6 +311,12 @@ describe('deputy agents map', () => {
     assertSucceeded(await run('agents', 'map', agent.client_id, '--audience', 'https://as.example', '--service-client-id', 'bot-at-as'));
     const shown = parseJson<Record<string, unknown>>(await run('agents', 'show', agent.client_id, '--json'));
     assert.deepEqual(shown.service_client_ids, { 'https://as.example': 'bot-at-as' });
+    assertSucceeded(await run('agents', 'unmap', agent.client_id, '--audience', 'https://as.example'));
+    const unmapped = parseJson<Record<string, unknown>>(await run('agents', 'show', agent.client_id, '--json'));
+    assert.deepEqual(unmapped.service_client_ids, {});
+    const again = await run('agents', 'unmap', agent.client_id, '--audience', 'https://as.example');
+    assert.equal(again.code, 1);
+    assert.equal(again.stderr.trim(), `deputy: agent '${agent.client_id}' has no client id mapped for 'https://as.example'`);
 
     assertRefused(
       await run('agents', 'map', agent.client_id, '--audience', 'notaurl', '--service-client-id', 'x'),

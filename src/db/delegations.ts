@@ -537,6 +537,15 @@ export class DelegationStore {
       .run();
   }
 
+  /** Removes the mapping; false if there was none. */
+  unmapServiceClientId(agentClientId: string, audience: string): boolean {
+    const removed = this.#db
+      .delete(agentServiceClientIds)
+      .where(and(eq(agentServiceClientIds.agentClientId, agentClientId), eq(agentServiceClientIds.audience, audience)))
+      .run();
+    return removed.changes > 0;
+  }
+
   // Client assertions
 
   /**
