@@ -306,9 +306,10 @@ function errorPages(views: Views, log: Logger): Koa.Middleware {
       let status = 500;
       let title = 'Something went wrong';
       let message = 'Deputy could not finish this request. Try again in a moment.';
+      let back: PageError['back'];
 
       if (error instanceof PageError) {
-        ({ status, title, message } = error);
+        ({ status, title, message, back } = error);
         const cause = error.cause instanceof Error ? error.cause.message : undefined;
         log.debug({ status, path: ctx.path, reason: message, cause }, 'request refused');
       } else if (isClientHttpError(error)) {
@@ -326,6 +327,7 @@ function errorPages(views: Views, log: Logger): Koa.Middleware {
       ctx.body = views.render('error', {
         title,
         message,
+        back: back ?? null,
         user: state.user ?? null,
         csrf: state.csrf ?? null,
       });

@@ -101,6 +101,13 @@ async function serve(config: Config): Promise<Server> {
         'Set DEPUTY_UPSTREAM_ISSUER for real use; NODE_ENV=production refuses this.',
     );
   }
+  const nodeEnv = process.env.NODE_ENV;
+  if (nodeEnv !== undefined && nodeEnv !== '' && !['production', 'development', 'test'].includes(nodeEnv)) {
+    log.warn(
+      { event: 'node_env' },
+      `NODE_ENV is '${nodeEnv}': only 'production' turns on the production checks; running without them`,
+    );
+  }
   if (config.allowLoopbackServices) {
     log.warn(
       { event: 'loopback_services' },

@@ -354,6 +354,21 @@ describe('the mint', () => {
     }
   });
 
+  test('a refused consent form links back to the request, which stays open', async () => {
+    const dated = await startAuthMdService({ trustedIssuers: [deputy.url], name: 'Dated Service' });
+    try {
+      const asked = await mint(deputy, agent, { audience: dated.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN });
+      const uri = asked.body.consent_uri as string;
+      const refused = await approve(ada, uri, 'until'); // no date given
+      assert.equal(refused.status, 400);
+      assert.match(refused.body, /Choose a date/);
+      assert.match(refused.body, new RegExp(`<a href="${new URL(uri).pathname}">Back to the request</a>`));
+      assert.equal((await ada.go(uri)).status, 200, 'still open');
+    } finally {
+      await dated.close();
+    }
+  });
+
   test('answers access_denied once the person denies, while the denial stands', async () => {
     const denied = await startAuthMdService({ trustedIssuers: [deputy.url], name: 'Denied Service' });
     try {

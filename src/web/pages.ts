@@ -15,7 +15,7 @@ import type { ServiceMetadata } from '../services/discovery.ts';
 import { isDiscoveryFailure, type ServiceDirectory } from '../services/directory.ts';
 import { chosenScopes } from '../oauth/interactions.ts';
 import { formBody } from './body.ts';
-import { PageError } from './errors.ts';
+import { PageError, withWayBack } from './errors.ts';
 import type { Sessions, WebState } from './session.ts';
 import type { Views } from './views.ts';
 
@@ -218,9 +218,7 @@ export function pageRoutes(options: Options): Router {
 
     if (body.decision !== 'approve') throw new PageError(400, 'Choose', 'Approve or deny the request.');
     const service = await discover(() => directory.forAudience(request.audience, request.resources));
-    const answered = delegations.answerConsentRequest(
-      request.id,
-      'approved',
+    const chosen = withWayBack(`/consent/${request.id}`, 'Back to the request', () =>
       delegationFromForm(body, {
         userId: user.id,
         agentClientId: request.agentClientId,
@@ -231,6 +229,7 @@ export function pageRoutes(options: Options): Router {
         scope: chosenScopes(body.scope, service.scopesSupported),
       }),
     );
+    const answered = delegations.answerConsentRequest(request.id, 'approved', chosen);
     if (answered === 'not-connected') throw notConnected();
     if (answered === 'already-delegated') {
       throw alreadyAllowed(store.findAgent(request.agentClientId)?.name ?? request.agentClientId);
