@@ -32,7 +32,7 @@ import { pageRoutes, RedirectDone } from './web/pages.ts';
 import { Sessions, type WebState } from './web/session.ts';
 import { createViews, type Views } from './web/views.ts';
 import { Metrics } from './ops/metrics.ts';
-import { bodyLimit, opsRoutes, rateLimits, requestTracking } from './ops/http.ts';
+import { limitBodies, opsRoutes, rateLimits, requestTracking } from './ops/http.ts';
 
 export interface Deputy {
   app: Koa;
@@ -121,7 +121,8 @@ async function assemble(
     },
   });
   app.use(ops.routes());
-  app.use(bodyLimit(config.limits.bodyBytes));
+  const bodyLimit = config.limits.bodyBytes;
+  app.use(limitBodies(bodyLimit));
   app.use(rateLimits(config, metrics));
 
   let upstream: UpstreamClient;
@@ -131,6 +132,7 @@ async function assemble(
       clientSecret: secrets.devIdpClientSecret,
       cookieKeys: secrets.cookieKeys,
       views,
+      bodyLimit: config.limits.bodyBytes,
     });
     for (const middleware of idp.middleware) app.use(middleware);
     upstream = new UpstreamClient(
@@ -196,8 +198,8 @@ async function assemble(
   for (const routes of [
     router,
     metadataRoutes(config.issuer, keys, config.keys.jwksMaxAge),
-    loginRoutes({ issuer: config.issuer, upstream, forceLogin: devIdp, store, sessions, views, log }),
-    interactionRoutes({ provider, store, delegations, directory, sessions, views, log }),
+    loginRoutes({ issuer: config.issuer, upstream, forceLogin: devIdp, store, sessions, views, log, bodyLimit }),
+    interactionRoutes({ provider, store, delegations, directory, sessions, views, log, bodyLimit }),
     pageRoutes({
       store,
       delegations,
@@ -208,6 +210,7 @@ async function assemble(
       log,
       upstreamIssuer: upstream.issuer,
       revoked: () => worker.wake(),
+      bodyLimit,
     }),
   ]) {
     app.use(routes.routes());

@@ -25,6 +25,8 @@ interface Options {
   clientSecret: string;
   cookieKeys: string[];
   views: Views;
+  /** Largest form body in bytes (DEPUTY_BODY_LIMIT). */
+  bodyLimit: number;
 }
 
 /** Emails are accepted as typed, but compared and used as the subject in lower case. */
@@ -110,7 +112,7 @@ export async function createDevIdp(options: Options): Promise<DevIdp> {
     ctx.body = options.views.render('dev-idp-login', { uid: details.uid, devIdp: true, error: null });
   });
 
-  router.post('/:uid', formBody(), async (ctx) => {
+  router.post('/:uid', formBody(options.bodyLimit), async (ctx) => {
     const details = await provider.interactionDetails(ctx.req, ctx.res);
     const body = ctx.request.body as Record<string, unknown>;
     const email = typeof body.email === 'string' ? body.email.trim().toLowerCase() : '';

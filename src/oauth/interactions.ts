@@ -28,6 +28,8 @@ interface Options {
   sessions: Sessions;
   views: Views;
   log: Logger;
+  /** Largest form body in bytes (DEPUTY_BODY_LIMIT). */
+  bodyLimit: number;
 }
 
 const SCOPE_TEXT: Record<string, string> = {
@@ -40,7 +42,7 @@ const SCOPE_TEXT: Record<string, string> = {
 export function interactionRoutes(options: Options): Router {
   const { provider, store, delegations, directory, sessions, views, log } = options;
   const router = new Router({ prefix: '/interaction' });
-  const form = formBody();
+  const form = formBody(options.bodyLimit);
 
   async function details(ctx: Koa.Context) {
     try {

@@ -69,13 +69,6 @@ export function requestTracking(options: { log: Logger; metrics: Metrics; draini
   };
 }
 
-/**
- * Holds every request body to the limit: 413, as JSON on the OAuth endpoints and as a page
- * elsewhere. A body declared larger is refused before anyone reads it. A body sent without a
- * length (chunked) is read here, up to the limit, at the OAuth endpoints and handed to
- * oidc-provider as read (it takes a body read before it; it says so once in the log); on
- * people's pages the form parser holds it to the limit (web/body.ts reads it from ctx.state).
- */
 /** Paths whose bodies oidc-provider reads itself, with only its own 56 KiB cap. */
 function readByProvider(path: string): boolean {
   return (
@@ -87,30 +80,32 @@ function readByProvider(path: string): boolean {
   );
 }
 
-export function bodyLimit(limitBytes: number): Koa.Middleware {
-  function refuse(ctx: Koa.Context): void {
-    const message = `the request body is larger than ${limitBytes} bytes`;
+/**
+ * Holds every request body to DEPUTY_BODY_LIMIT: 413, as JSON on the OAuth endpoints and as a
+ * page elsewhere. A body declared larger is refused before anyone reads it. A body sent without
+ * a length (chunked) to a path oidc-provider parses is read here, up to the limit, and handed
+ * to it as read (it takes a body read before it, and says so once in the log); people's forms
+ * are held to the limit by their own parser (web/body.ts).
+ */
+export function limitBodies(limitBytes: number): Koa.Middleware {
+  /** Answers the request as refused: JSON on the OAuth endpoints, a page elsewhere. */
+  function refuse(ctx: Koa.Context, status: 400 | 413, description: string, page: [string, string]): void {
     ctx.set('Connection', 'close');
-    if (isOAuthEndpoint(ctx.path)) {
-      ctx.status = 413;
-      ctx.body = { error: 'invalid_request', error_description: message };
-      return;
-    }
-    throw new PageError(413, 'Request too large', `Deputy accepts request bodies of at most ${limitBytes} bytes.`);
+    if (!isOAuthEndpoint(ctx.path)) throw new PageError(status, ...page);
+    ctx.status = status;
+    ctx.body = { error: 'invalid_request', error_description: description };
   }
+  const tooLarge = (ctx: Koa.Context) =>
+    refuse(ctx, 413, `the request body is larger than ${limitBytes} bytes`, [
+      'Request too large',
+      `Deputy accepts request bodies of at most ${limitBytes} bytes.`,
+    ]);
 
   return async function limitBody(ctx, next) {
-    (ctx.state as { bodyLimit?: number }).bodyLimit = limitBytes;
     const declared = ctx.get('Content-Length');
-    if (declared !== '') {
-      if (Number(declared) > limitBytes) return refuse(ctx);
-      return next();
-    }
-    if (ctx.get('Transfer-Encoding') === '') return next();
+    if (declared !== '') return Number(declared) > limitBytes ? tooLarge(ctx) : next();
+    if (ctx.get('Transfer-Encoding') === '' || !readByProvider(ctx.path)) return next();
 
-    // People's forms are read by their own parser, which holds a body to the limit as it reads;
-    // oidc-provider's (the OAuth endpoints, the code page, /authorize) are read here.
-    if (!readByProvider(ctx.path)) return next();
     const chunks: Buffer[] = [];
     let received = 0;
     try {
@@ -119,16 +114,11 @@ export function bodyLimit(limitBytes: number): Koa.Middleware {
         if (received > limitBytes) break;
         chunks.push(chunk as Buffer);
       }
-    } catch (error) {
+    } catch {
       // The sender broke off; whoever is still listening learns the body was not read.
-      if (!isOAuthEndpoint(ctx.path)) {
-        throw new PageError(400, 'Bad request', 'Deputy could not read this request.', { cause: error });
-      }
-      ctx.status = 400;
-      ctx.body = { error: 'invalid_request', error_description: 'the request body could not be read' };
-      return undefined;
+      return refuse(ctx, 400, 'the request body could not be read', ['Bad request', 'Deputy could not read this request.']);
     }
-    if (received > limitBytes) return refuse(ctx);
+    if (received > limitBytes) return tooLarge(ctx);
     ctx.request.body = Buffer.concat(chunks, received);
     return next();
   };

@@ -26,6 +26,8 @@ interface Options {
   sessions: Sessions;
   views: Views;
   log: Logger;
+  /** Largest form body in bytes (DEPUTY_BODY_LIMIT). */
+  bodyLimit: number;
 }
 
 /**
@@ -137,7 +139,7 @@ export function loginRoutes(options: Options): Router {
     return undefined;
   });
 
-  router.post('/logout', formBody(), function logout(ctx) {
+  router.post('/logout', formBody(options.bodyLimit), function logout(ctx) {
     const state = ctx.state as WebState;
     if (state.user !== null) {
       sessions.requireCsrf(ctx, (ctx.request.body as Record<string, unknown>).csrf);

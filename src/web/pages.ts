@@ -30,6 +30,8 @@ interface Options {
   views: Views;
   log: Logger;
   upstreamIssuer: string;
+  /** Largest form body in bytes (DEPUTY_BODY_LIMIT). */
+  bodyLimit: number;
 }
 
 const AUDIT_PAGE_SIZE = 20;
@@ -64,7 +66,7 @@ export function deliveryOf(event: RevocationEvent): Record<string, unknown> {
 export function pageRoutes(options: Options): Router {
   const { store, delegations, outbox, directory, sessions, views, log } = options;
   const router = new Router();
-  const form = formBody();
+  const form = formBody(options.bodyLimit);
 
   function signedIn(ctx: Koa.Context): User {
     const state = ctx.state as WebState;
@@ -294,7 +296,7 @@ export function pageRoutes(options: Options): Router {
 }
 
 /** What a connection's scopes let the agent do, in words: "sees your email and name · stays connected". */
-export function connectionSummary(scope: string): string {
+function connectionSummary(scope: string): string {
   const scopes = new Set(scope.split(' '));
   const sees = [scopes.has('email') ? 'email' : null, scopes.has('profile') ? 'name' : null].filter((s) => s !== null);
   return [
@@ -322,7 +324,7 @@ function alreadyAllowed(agentName: string): PageError {
 }
 
 /** The requested scopes split into those the service publishes (grantable) and the rest. */
-export function publishedScopes(requested: string, supported: string[]): { granted: string[]; unpublished: string[] } {
+function publishedScopes(requested: string, supported: string[]): { granted: string[]; unpublished: string[] } {
   const asked = [...new Set(requested.split(' ').filter((s) => s !== ''))];
   return {
     granted: asked.filter((s) => supported.includes(s)),
