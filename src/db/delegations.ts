@@ -76,14 +76,7 @@ export class DelegationStore {
     this.#isConnected = db
       .select({ id: connections.id })
       .from(connections)
-      .innerJoin(
-        oidcModels,
-        and(
-          eq(oidcModels.model, 'Grant'),
-          eq(oidcModels.id, connections.grantId),
-          or(isNull(oidcModels.expiresAt), gt(oidcModels.expiresAt, sql.placeholder('now'))),
-        ),
-      )
+      .innerJoin(oidcModels, grantLivesAt(sql.placeholder('now')))
       .where(
         and(
           eq(connections.userId, sql.placeholder('userId')),
@@ -181,7 +174,7 @@ export class DelegationStore {
    * and that ends the connection for ID tokens too.
    */
   isConnected(userId: string, agentClientId: string): boolean {
-    return this.#isConnected.get({ userId, agentClientId, now: epoch(), issuedAt: Number.MAX_SAFE_INTEGER }) !== undefined;
+    return this.isConnectedSince(userId, agentClientId, Number.MAX_SAFE_INTEGER);
   }
 
   /**
@@ -205,16 +198,8 @@ export class DelegationStore {
       })
       .from(connections)
       .innerJoin(agents, eq(agents.clientId, connections.agentClientId))
-      // Only connections whose grant lives: oidc-provider deletes it when a code or rotated
-      // refresh token is used again, and such an agent can no longer act for the person.
-      .innerJoin(
-        oidcModels,
-        and(
-          eq(oidcModels.model, 'Grant'),
-          eq(oidcModels.id, connections.grantId),
-          or(isNull(oidcModels.expiresAt), gt(oidcModels.expiresAt, epoch())),
-        ),
-      )
+      // Only connections whose grant lives, as isConnected: such an agent can act for the person.
+      .innerJoin(oidcModels, grantLivesAt(epoch()))
       .where(and(eq(connections.userId, userId), isNull(connections.disconnectedAt)))
       .orderBy(desc(connections.lastConnectedAt))
       .all();
@@ -394,31 +379,37 @@ export class DelegationStore {
     input: Pick<ConsentRequest, 'userId' | 'agentClientId' | 'audience' | 'resources' | 'scope'>,
     ttlSeconds: number,
   ): ConsentRequest & { expiresIn: number } {
-    const now = epoch();
     // An agent that retries while the person decides gets the same link back, not a new row
-    // each time, as long as more than half its life is left.
-    const open = this.#db
-      .select()
-      .from(consentRequests)
-      .where(
-        and(
-          eq(consentRequests.userId, input.userId),
-          eq(consentRequests.agentClientId, input.agentClientId),
-          eq(consentRequests.audience, input.audience),
-          isNull(consentRequests.outcome),
-          gt(consentRequests.expiresAt, now + Math.floor(ttlSeconds / 2)),
-        ),
-      )
-      .all()
-      .find((r) => r.scope === input.scope && JSON.stringify(r.resources) === JSON.stringify(input.resources));
-    if (open !== undefined) return { ...open, expiresIn: open.expiresAt - now };
+    // each time, as long as more than half its life is left; looked up and written in one
+    // immediate transaction, so retries at once get one link.
+    return this.#db.transaction(
+      (tx) => {
+        const now = epoch();
+        const open = tx
+          .select()
+          .from(consentRequests)
+          .where(
+            and(
+              eq(consentRequests.userId, input.userId),
+              eq(consentRequests.agentClientId, input.agentClientId),
+              eq(consentRequests.audience, input.audience),
+              isNull(consentRequests.outcome),
+              gt(consentRequests.expiresAt, now + Math.floor(ttlSeconds / 2)),
+            ),
+          )
+          .all()
+          .find((r) => r.scope === input.scope && JSON.stringify(r.resources) === JSON.stringify(input.resources));
+        if (open !== undefined) return { ...open, expiresIn: open.expiresAt - now };
 
-    const created = this.#db
-      .insert(consentRequests)
-      .values({ id: newId('cns'), ...input, createdAt: now, expiresAt: now + ttlSeconds })
-      .returning()
-      .get();
-    return { ...created, expiresIn: ttlSeconds };
+        const created = tx
+          .insert(consentRequests)
+          .values({ id: newId('cns'), ...input, createdAt: now, expiresAt: now + ttlSeconds })
+          .returning()
+          .get();
+        return { ...created, expiresIn: ttlSeconds };
+      },
+      { behavior: 'immediate' },
+    );
   }
 
   /**
@@ -568,20 +559,7 @@ export class DelegationStore {
 
   /** Delegations a mint could use now (the metrics gauge). */
   countActive(): number {
-    const now = epoch();
-    return (
-      this.#db
-        .select({ n: sql<number>`count(*)` })
-        .from(delegations)
-        .where(
-          and(
-            isNull(delegations.revokedAt),
-            isNull(delegations.consumedAt),
-            or(isNull(delegations.expiresAt), gt(delegations.expiresAt, now)),
-          ),
-        )
-        .get()?.n ?? 0
-    );
+    return this.#db.select({ n: sql<number>`count(*)` }).from(delegations).where(usableAt(epoch())).get()?.n ?? 0;
   }
 
   purgeExpired(): void {
@@ -642,6 +620,18 @@ function insertUnlessActive(tx: Executor, input: NewDelegation, now: number): De
     .get();
   if (active !== undefined) return undefined;
   return tx.insert(delegations).values({ id: newId('dlg'), ...input, createdAt: now }).returning().get();
+}
+
+/**
+ * The join of a connection to its oidc-provider grant while the grant lives: oidc-provider
+ * deletes it when a code or rotated refresh token is used again, which ends the connection.
+ */
+function grantLivesAt(now: number | Placeholder): SQL {
+  return and(
+    eq(oidcModels.model, 'Grant'),
+    eq(oidcModels.id, connections.grantId),
+    or(isNull(oidcModels.expiresAt), gt(oidcModels.expiresAt, now)),
+  ) as SQL;
 }
 
 /** A delegation that can still mint at `now`: not revoked, not consumed, not expired. */
