@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { decodeJwt } from 'jose';
-import { hashStoredTokens } from '../src/db/oidc-adapter.ts';
+import { registerAgent } from '../src/agents/registry.ts';
 import { sha256 } from '../src/db/store.ts';
 import { Browser, formAction } from './helpers/browser.ts';
 import { listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
@@ -118,7 +118,7 @@ describe('agents connect', () => {
     assert.equal(after.body.error, 'invalid_grant');
   });
 
-  test('keeps only hashes of the tokens it issued, and converts tokens stored before that', async () => {
+  test('keeps only hashes of the tokens it issued', async () => {
     const tokens = await connectByDevice(deputy, agent, browser);
     const file = new Database(deputy.dbPath, { readonly: true });
     const rows = file.prepare('select model, id, payload from oidc_models').all() as { model: string; id: string; payload: string }[];
@@ -133,14 +133,7 @@ describe('agents connect', () => {
       }
     }
 
-    // A row as an earlier version kept it: the token itself as id and in the payload.
-    const legacy = new Database(deputy.dbPath);
-    legacy
-      .prepare("update oidc_models set id = ?, payload = json_set(payload, '$.jti', ?) where model = 'RefreshToken' and id = ?")
-      .run(tokens.refresh_token, tokens.refresh_token, sha256(tokens.refresh_token));
-    legacy.close();
-    assert.equal(hashStoredTokens(deputy.deputy.store.db), 1);
-    assert.equal(hashStoredTokens(deputy.deputy.store.db), 0, 'once');
+    // Found again by the value the agent holds.
     const refreshed = await post(
       `${deputy.url}/token`,
       { grant_type: 'refresh_token', refresh_token: tokens.refresh_token },
@@ -149,18 +142,24 @@ describe('agents connect', () => {
     assert.equal(refreshed.status, 200, JSON.stringify(refreshed.body));
   });
 
-  test('answers no cross-origin reads at the token endpoint', async () => {
+  test('refuses cross-origin token requests, even from a public agent\'s own origin', async () => {
+    // oidc-provider's default would allow this one: a public client, from its redirect URI's
+    // origin. (Preflights are answered for any origin; the request itself is what is checked.)
+    const { agent: web } = await registerAgent(deputy.deputy.store, {
+      name: 'Browser Agent',
+      redirectUris: ['https://app.example/callback'],
+      public: true,
+    });
     const response = await fetch(`${deputy.url}/token`, {
       method: 'POST',
-      headers: {
-        origin: 'https://app.example',
-        authorization: basic(agent),
-        'content-type': 'application/x-www-form-urlencoded',
-      },
-      body: 'grant_type=refresh_token&refresh_token=x',
+      headers: { origin: 'https://app.example', 'content-type': 'application/x-www-form-urlencoded' },
+      body: `grant_type=refresh_token&refresh_token=x&client_id=${web.clientId}`,
     });
     assert.equal(response.status, 400);
     assert.equal(response.headers.get('access-control-allow-origin'), null);
+    const body = (await response.json()) as { error: string; error_description: string };
+    assert.equal(body.error, 'invalid_request');
+    assert.match(body.error_description, /^origin https:\/\/app\.example not allowed for client/);
   });
 
   test('names the development setting when a mint is for a service on this machine', async () => {

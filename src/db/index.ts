@@ -9,7 +9,6 @@ import Database from 'better-sqlite3';
 import { drizzle, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
 import { migrate } from 'drizzle-orm/better-sqlite3/migrator';
 import { ConfigError } from '../config.ts';
-import { hashStoredTokens } from './oidc-adapter.ts';
 import * as schema from './schema.ts';
 
 export type Db = BetterSQLite3Database<typeof schema>;
@@ -44,7 +43,6 @@ export function openDatabase(path: string): Connection {
 /** Applies every migration in drizzle/ that this database has not seen. */
 export function migrateDatabase(connection: Connection): void {
   migrate(connection.db, { migrationsFolder: MIGRATIONS });
-  hashStoredTokens(connection.db);
 }
 
 /** Opens the database, turning a path that cannot be opened into a one-line ConfigError. */

@@ -4,7 +4,7 @@
  * is a row of `oidc_models` keyed by (model, id), with the secondary lookups the interface
  * needs (grant id, user code, uid) on indexes.
  */
-import { and, eq, inArray, lte, sql } from 'drizzle-orm';
+import { and, eq, lte, sql } from 'drizzle-orm';
 import type { Adapter, AdapterPayload } from 'oidc-provider';
 import type { Db } from './index.ts';
 import { oidcModels } from './schema.ts';
@@ -125,27 +125,4 @@ export function createAdapter(
 /** Deletes expired rows; oidc-provider only ever reads live ones. */
 export function purgeExpiredModels(db: Db): void {
   db.delete(oidcModels).where(lte(oidcModels.expiresAt, epoch())).run();
-}
-
-/**
- * Stores tokens kept before they were hashed (see HASHED_MODELS) the way they are kept now, so
- * an upgrade keeps every agent connected. A stored hash is 64 hex digits; oidc-provider's token
- * values are 43 characters, so a row is converted once. Runs at start, after the migrations.
- */
-export function hashStoredTokens(db: Db): number {
-  const rows = db
-    .select({ model: oidcModels.model, id: oidcModels.id, payload: oidcModels.payload })
-    .from(oidcModels)
-    .where(and(inArray(oidcModels.model, [...HASHED_MODELS]), sql`length(${oidcModels.id}) <> 64`))
-    .all();
-  db.transaction((tx) => {
-    for (const row of rows) {
-      const { jti: _value, ...payload } = row.payload as Record<string, unknown>;
-      tx.update(oidcModels)
-        .set({ id: sha256(row.id), payload })
-        .where(and(eq(oidcModels.model, row.model), eq(oidcModels.id, row.id)))
-        .run();
-    }
-  });
-  return rows.length;
 }

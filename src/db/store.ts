@@ -207,11 +207,6 @@ export class Store {
     this.db.update(signingKeys).set({ retiredAt, removeAfter }).where(eq(signingKeys.kid, kid)).run();
   }
 
-  /** Moves a key's activation time (a pending key that must sign now, see KeyStore.init). */
-  activateSigningKey(kid: string, activatesAt: number): void {
-    this.db.update(signingKeys).set({ activatesAt }).where(eq(signingKeys.kid, kid)).run();
-  }
-
   updateSigningKeyCiphertext(kid: string, privateJwe: string): void {
     this.db.update(signingKeys).set({ privateJwe }).where(eq(signingKeys.kid, kid)).run();
   }

@@ -107,17 +107,6 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
       });
     }
 
-    // A key rotated in before any key ever signed (`deputy keys rotate` on a new database,
-    // from an earlier version) waits for a pre-publication that protects no one: nothing was
-    // signed, so no cache lacks it. It signs from now.
-    this.#store.exclusive((tx) => {
-      const now = epoch();
-      const rows = tx.allSigningKeys();
-      if (activeRow(rows, now) !== undefined || rows.some((r) => r.retiredAt !== null)) return;
-      const pending = rows.filter((r) => keyState(r, now) === 'next').sort((a, b) => a.activatesAt - b.activatesAt)[0];
-      if (pending !== undefined) tx.activateSigningKey(pending.kid, now);
-    });
-
     await this.refresh();
     const next = this.#rows.find((row) => keyState(row) === 'next');
     if (this.active().alg !== this.#policy.alg && next?.alg !== this.#policy.alg) {
