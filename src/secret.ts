@@ -4,10 +4,9 @@
  * decrypts the same signing keys and honours the same cookies.
  */
 import { hkdfSync, randomBytes } from 'node:crypto';
-import Database from 'better-sqlite3';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { mkdirSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { ConfigError, type Config } from './config.ts';
 
 export interface Secrets {
@@ -58,11 +57,9 @@ function holdsSigningKeys(dbPath: string): boolean {
   let db: Database.Database | undefined;
   try {
     db = new Database(dbPath, { readonly: true, fileMustExist: true });
-    const table = db.prepare("select 1 from sqlite_master where type = 'table' and name = 'signing_keys'").get();
-    if (table === undefined) return false;
-    return (db.prepare('select count(*) as n from signing_keys').get() as { n: number }).n > 0;
+    return db.prepare('select 1 from signing_keys limit 1').get() !== undefined;
   } catch {
-    // Unreadable as SQLite: opening it for real will say so.
+    // No signing_keys table yet, or not SQLite at all (opening it for real will say so).
     return false;
   } finally {
     db?.close();

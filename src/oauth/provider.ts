@@ -184,10 +184,10 @@ function deviceCodeMessage(error: unknown, out: { error: string; error_descripti
   return DEVICE_CODE_MESSAGES[name] ?? out.error_description ?? 'Something went wrong. Start again from the agent.';
 }
 
-/** oidc-provider's descriptions of a request that brings no usable client authentication. */
-const CLIENT_AUTH_MISSING = new Set([
-  'no client authentication mechanism provided',
-  'invalid authorization header value format',
+/** oidc-provider's descriptions of a request without usable client authentication, and Deputy's. */
+const CLIENT_AUTH_MISSING = new Map([
+  ['no client authentication mechanism provided', 'client authentication is required'],
+  ['invalid authorization header value format', 'the Authorization header is not Basic client credentials'],
 ]);
 
 /**
@@ -198,24 +198,12 @@ const CLIENT_AUTH_MISSING = new Set([
  */
 function conformMissingClientAuth(ctx: Koa.Context, issuer: string): void {
   const body = ctx.body as { error?: unknown; error_description?: unknown } | null | undefined;
-  if (
-    ctx.status === 400 &&
-    typeof body === 'object' &&
-    body !== null &&
-    body.error === 'invalid_request' &&
-    typeof body.error_description === 'string' &&
-    CLIENT_AUTH_MISSING.has(body.error_description)
-  ) {
-    ctx.status = 401;
-    ctx.set('WWW-Authenticate', `Basic realm="${issuer}"`);
-    ctx.body = {
-      error: 'invalid_client',
-      error_description:
-        body.error_description === 'invalid authorization header value format'
-          ? 'the Authorization header is not Basic client credentials'
-          : 'client authentication is required',
-    };
-  }
+  if (ctx.status !== 400 || typeof body !== 'object' || body === null || body.error !== 'invalid_request') return;
+  const description = CLIENT_AUTH_MISSING.get(String(body.error_description));
+  if (description === undefined) return;
+  ctx.status = 401;
+  ctx.set('WWW-Authenticate', `Basic realm="${issuer}"`);
+  ctx.body = { error: 'invalid_client', error_description: description };
 }
 
 function buildProvider(options: AuthorizationServerOptions): Provider {

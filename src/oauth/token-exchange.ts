@@ -277,7 +277,8 @@ function checkParameters(params: Params, allowLoopback: boolean): ExchangeReques
   }
   const audience = audiences[0] as string;
   if (!isServiceUrl(audience, allowLoopback)) {
-    const hint = !allowLoopback && isServiceUrl(audience, true) && audience.startsWith('http:')
+    // Refused only for being on loopback: say which setting allows it.
+    const hint = !allowLoopback && isServiceUrl(audience, true)
       ? ' (a service on this machine needs DEPUTY_ALLOW_LOOPBACK_SERVICES=true, for development only)'
       : '';
     throw new errors.InvalidTarget(`audience must be the https issuer identifier of the service${hint}`);
@@ -309,18 +310,17 @@ async function grantedResources(
   directory: ServiceDirectory,
 ): Promise<string[]> {
   if (requested.length === 0) return delegation.resources;
-  const allowed = new Set(delegation.resources);
+  const unlisted = requested.filter((r) => !delegation.resources.includes(r));
+  if (unlisted.length === 0) return requested;
+
   const wholeService =
     delegation.resources.length === 0 ||
     (delegation.resources.length === 1 && delegation.resources[0] === delegation.audience);
-
   // Checked together: a slow service delays the answer by one fetch's timeout, not by several.
-  const verdicts = await Promise.all(
-    requested.map(async (resource) =>
-      allowed.has(resource) || (wholeService && (await directory.governs(delegation.audience, resource))),
-    ),
-  );
-  const refused = requested.filter((_, i) => !verdicts[i]);
+  const governed = wholeService
+    ? await Promise.all(unlisted.map((resource) => directory.governs(delegation.audience, resource)))
+    : [];
+  const refused = unlisted.filter((_, i) => governed[i] !== true);
   if (refused.length > 0) {
     throw new errors.InvalidTarget(`resource not covered by the delegation: ${refused.join(' ')}`);
   }

@@ -7,6 +7,7 @@ import type { DelegationStore } from '../db/delegations.ts';
 import {
   discoverAudience,
   discoverService,
+  governedResource,
   ServiceDiscoveryError,
   type ServiceMetadata,
 } from './discovery.ts';
@@ -15,6 +16,7 @@ import { GuardedFetchError, type FetchGuard } from './fetch.ts';
 const MIN_CACHE_SECONDS = 60;
 const DEFAULT_CACHE_SECONDS = 300;
 const MAX_CACHE_SECONDS = 86400;
+const REFUSAL_CACHE_SECONDS = 10;
 /** Past this many (audience, resource) answers the cache starts again rather than grow. */
 const MAX_GOVERNED_ENTRIES = 10_000;
 
@@ -63,23 +65,28 @@ export class ServiceDirectory {
     let governed: boolean;
     let maxAge: number | undefined;
     try {
-      maxAge = (await discoverAudience(audience, [resource], this.#guard)).maxAge;
+      ({ maxAge } = await governedResource(resource, audience, this.#guard));
       governed = true;
     } catch (error) {
       if (!isDiscoveryFailure(error)) throw error;
       governed = false;
     }
     // A refusal is remembered only briefly: the service may be down for a moment.
-    const ttl = governed ? Math.min(MAX_CACHE_SECONDS, Math.max(MIN_CACHE_SECONDS, maxAge ?? DEFAULT_CACHE_SECONDS)) : 10;
+    const ttl = governed ? cacheSeconds(maxAge) : REFUSAL_CACHE_SECONDS;
     if (this.#governed.size >= MAX_GOVERNED_ENTRIES) this.#governed.clear();
     this.#governed.set(key, { governed, until: Date.now() + ttl * 1000 });
     return governed;
   }
 
   #remember(metadata: ServiceMetadata): void {
-    const ttl = Math.min(MAX_CACHE_SECONDS, Math.max(MIN_CACHE_SECONDS, metadata.maxAge ?? DEFAULT_CACHE_SECONDS));
-    this.#delegations.cacheService(metadata.audience, metadata as unknown as Record<string, unknown>, ttl);
+    const record = metadata as unknown as Record<string, unknown>;
+    this.#delegations.cacheService(metadata.audience, record, cacheSeconds(metadata.maxAge));
   }
+}
+
+/** How long to keep what a service published: its own max-age, clamped. */
+function cacheSeconds(maxAge: number | undefined): number {
+  return Math.min(MAX_CACHE_SECONDS, Math.max(MIN_CACHE_SECONDS, maxAge ?? DEFAULT_CACHE_SECONDS));
 }
 
 /** A failure whose message is meant for the person: the service, not Deputy, is at fault. */

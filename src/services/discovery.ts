@@ -219,6 +219,19 @@ async function readAuthorizationServer(audience: string, guard: FetchGuard): Pro
   return document;
 }
 
+/**
+ * A resource the agent named under a delegation for a whole service (whose audience was
+ * discovered when it was made): its metadata must name the audience among its authorization
+ * servers. Answers the metadata's cache lifetime; throws a discovery failure otherwise.
+ */
+export async function governedResource(
+  resource: string,
+  audience: string,
+  guard: FetchGuard,
+): Promise<{ maxAge: number | undefined }> {
+  return { maxAge: (await readGovernedResource(resource, audience, guard)).maxAge };
+}
+
 async function readGovernedResource(
   resource: string,
   audience: string,
