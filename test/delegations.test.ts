@@ -73,18 +73,19 @@ describe('delegations in the web page', () => {
     try {
       const home = await browser.go(`${deputy.url}/`);
       const fields = { csrf: hiddenField(home, 'csrf'), agent: agent.clientId, service: until.resource, scope: 'read', mode: 'until' };
-      const today = new Date().toISOString().slice(0, 10);
+      // Tomorrow, not today: today's last second is gone if the test runs at 23:59:59 UTC.
+      const day = new Date(Date.now() + 86_400_000).toISOString().slice(0, 10);
       const yesterday = new Date(Date.now() - 86_400_000).toISOString().slice(0, 10);
 
       const past = await browser.submit(`${deputy.url}/delegations`, { ...fields, until: yesterday });
       assert.equal(past.status, 400);
       assert.match(past.body, /Choose a date/);
 
-      const created = await browser.submit(`${deputy.url}/delegations`, { ...fields, until: today });
+      const created = await browser.submit(`${deputy.url}/delegations`, { ...fields, until: day });
       assert.equal(created.status, 200, created.body.slice(0, 400));
       const card = created.body.split('<li class="card delegation').find((c) => c.includes('Until Service')) ?? '';
       assert.match(card, /<dt>Mode<\/dt><dd>until a date<\/dd>/);
-      assert.match(card, new RegExp(`<dt>Expires</dt><dd>${today} 23:59 UTC</dd>`));
+      assert.match(card, new RegExp(`<dt>Expires</dt><dd>${day} 23:59 UTC</dd>`));
       const answer = await mint(deputy, agent, { audience: until.issuer, subject_token: idToken, subject_token_type: ID_TOKEN });
       assert.equal(answer.status, 200, JSON.stringify(answer.body));
     } finally {
