@@ -155,7 +155,7 @@ for (let a = 1; a <= REAL_AGENTS; a += 1) {
   const userId = decodeJwt(tokens.id_token).sub as string;
   for (let s = 1; s <= REAL_AUDIENCES; s += 1) {
     const audience = `https://service-${s}.example`;
-    deputy.delegations.createDelegation({
+    await deputy.delegations.createDelegation({
       userId,
       agentClientId: agent.clientId,
       audience,

@@ -51,15 +51,14 @@ const rows = Array.from({ length: count }, (_, i) => ({
   lastUsedAt: null,
   serviceAgentAuth: { eventsEndpoint: `${service.url}/agent/events`, eventsSupported: [REVOKED_EVENT] },
 }));
-deputy.store.db.transaction((tx) => {
-  enqueueRevocations(tx as never, rows);
-});
+const { database } = deputy.store;
+await database.transaction((tx) => enqueueRevocations(tx, database.t, rows));
 
 const started = performance.now();
 deputy.worker.start();
 while (service.events.length < count) await new Promise((r) => setTimeout(r, 10));
 const seconds = (performance.now() - started) / 1000;
-const failed = deputy.outbox.list(count).filter((e) => e.state !== 'delivered').length;
+const failed = (await deputy.outbox.list(count)).filter((e) => e.state !== 'delivered').length;
 
 const result = {
   revocations: count,

@@ -10,7 +10,7 @@ import Router from '@koa/router';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import type { Config } from './config.ts';
-import { migrateDatabase, openDatabaseOrExplain, type Connection } from './db/index.ts';
+import { openDatabaseOrExplain, type Database } from './db/index.ts';
 import { Store } from './db/store.ts';
 import { createDevIdp, DEV_IDP_CLIENT_ID } from './dev-idp/index.ts';
 import { KeyStore } from './keys/keystore.ts';
@@ -64,12 +64,12 @@ const ICON = readFileSync(join(dirname(fileURLToPath(import.meta.url)), 'web/sta
 export async function createDeputy(config: Config, log: Logger): Promise<Deputy> {
   const { secret } = resolveSecret(config);
   const secrets = deriveSecrets(secret);
-  const connection = openDatabaseOrExplain(config.dbPath);
+  const database = await openDatabaseOrExplain(config.dbPath);
   try {
-    migrateDatabase(connection);
-    return await assemble(config, log, connection, secrets);
+    await database.migrate();
+    return await assemble(config, log, database, secrets);
   } catch (error) {
-    connection.close();
+    await database.close();
     throw error;
   }
 }
@@ -77,10 +77,10 @@ export async function createDeputy(config: Config, log: Logger): Promise<Deputy>
 async function assemble(
   config: Config,
   log: Logger,
-  connection: Connection,
+  database: Database,
   secrets: ReturnType<typeof deriveSecrets>,
 ): Promise<Deputy> {
-  const store = new Store(connection.db);
+  const store = new Store(database);
   const keys = new KeyStore(store, secrets.keyEncryptionKey, {
     alg: config.keys.alg,
     prepublishSeconds: config.keys.prepublishSeconds,
@@ -95,15 +95,14 @@ async function assemble(
   const views = createViews({ devIdp, production: config.production });
   const redirectUri = `${config.issuer}/login/callback`;
 
-  const delegations = new DelegationStore(connection.db);
-  const outbox = new OutboxStore(connection.db);
+  const delegations = new DelegationStore(database);
+  const outbox = new OutboxStore(database);
   const metrics = new Metrics({
     activeDelegations: () => delegations.countActive(),
     outboxByState: () => outbox.countByState(),
     signingKeyAgeSeconds: () => Math.max(0, Math.floor(Date.now() / 1000) - keys.activeSince()),
   });
   let draining = false;
-  const alive = connection.sqlite.prepare('select 1');
 
   const app = new Koa({ keys: secrets.cookieKeys, proxy: config.trustProxy });
   app.silent = true;
@@ -115,7 +114,7 @@ async function assemble(
     metrics,
     metricsToken: config.metricsToken,
     readiness: {
-      database: () => alive.get() !== undefined,
+      database: () => database.ping().then(() => true),
       keys: () => keys.active() !== undefined,
       draining: () => draining,
     },
@@ -170,7 +169,7 @@ async function assemble(
     ctx.body = ICON;
   });
 
-  delegations.clearServiceCache();
+  await delegations.clearServiceCache();
   const guard = { allowLoopback: config.allowLoopbackServices, timeoutMs: SERVICE_FETCH_TIMEOUT_MS };
   const directory = new ServiceDirectory(delegations, guard);
   const worker = new DeliveryWorker({
@@ -223,9 +222,9 @@ async function assemble(
   });
 
   const purgeExpired = () => {
-    store.purgeExpired();
-    delegations.purgeExpired();
-    purgeExpiredModels(connection.db);
+    Promise.all([store.purgeExpired(), delegations.purgeExpired(), purgeExpiredModels(database)]).catch(
+      (error: unknown) => log.error({ err: error }, 'purging expired rows failed'),
+    );
   };
   purgeExpired();
   const purge = setInterval(purgeExpired, PURGE_INTERVAL_MS);
@@ -249,7 +248,7 @@ async function assemble(
       clearInterval(purge);
       keys.stop();
       await worker.stop();
-      connection.close();
+      await database.close();
     },
   };
 }

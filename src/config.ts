@@ -80,6 +80,14 @@ export function loadConfig(env: Env = process.env): Config {
   const issuer = parseIssuer('DEPUTY_ISSUER', env.DEPUTY_ISSUER ?? `http://localhost:${port || 4000}`);
   const dbPath = nonEmpty('DEPUTY_DB', env.DEPUTY_DB) ?? './data/deputy.db';
   const secret = parseSecret(env.DEPUTY_SECRET, production);
+  if (/^postgres(ql)?:\/\//i.test(dbPath)) {
+    if (!URL.canParse(dbPath)) throw new ConfigError('DEPUTY_DB is not a valid postgres:// URL');
+    // Every process must decrypt the same signing keys and honour the same cookies, and there
+    // is no folder beside the database to keep a generated secret in.
+    if (secret === undefined) {
+      throw new ConfigError(`DEPUTY_SECRET is required with a PostgreSQL DEPUTY_DB (the same value in every process)`);
+    }
+  }
   const upstream = parseUpstream(env, production);
   // The development sign-in lets anyone in as anyone: by default only this machine reaches it.
   const host = nonEmpty('DEPUTY_HOST', env.DEPUTY_HOST) ?? (upstream === null ? '127.0.0.1' : '0.0.0.0');

@@ -6,7 +6,7 @@ import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { migrateDatabase, openDatabaseOrExplain } from './db/index.ts';
+import { openDatabaseOrExplain, SqliteDatabase } from './db/index.ts';
 import { DelegationStore } from './db/delegations.ts';
 import { OutboxStore } from './db/outbox.ts';
 import { epoch, Store, type Agent } from './db/store.ts';
@@ -167,13 +167,14 @@ async function serve(config: Config): Promise<Server> {
   return server;
 }
 
-function withStore<T>(config: Config, fn: (store: Store) => T): T {
-  const connection = openDatabaseOrExplain(config.dbPath);
+/** Opens and migrates the database, runs `fn` with a store on it, and closes it. */
+async function withStore<T>(config: Config, fn: (store: Store) => Promise<T>): Promise<T> {
+  const database = await openDatabaseOrExplain(config.dbPath);
   try {
-    migrateDatabase(connection);
-    return fn(new Store(connection.db));
+    await database.migrate();
+    return await fn(new Store(database));
   } finally {
-    connection.close();
+    await database.close();
   }
 }
 
@@ -185,23 +186,27 @@ async function backupCommand(config: Config, args: string[], out: Output): Promi
   const [file, ...extra] = args;
   if (file === undefined || file.startsWith('-') || extra.length > 0) throw new UsageError('backup takes one FILE');
   if (existsSync(file)) throw new ConfigError(`'${file}' exists; Deputy does not overwrite a backup`);
-  const connection = openDatabaseOrExplain(config.dbPath);
+  const database = await openDatabaseOrExplain(config.dbPath);
   try {
+    if (!(database instanceof SqliteDatabase)) {
+      throw new CommandError('backup copies a SQLite database; back up PostgreSQL with its own tools (pg_dump)');
+    }
     // Readable by the owner only, like the database: it holds people's emails and the keys.
     closeSync(openSync(file, 'wx', 0o600));
-    const { totalPages } = await connection.sqlite.backup(file);
+    const { totalPages } = await database.driver.backup(file);
     out(`Backed up ${config.dbPath} to ${file} (${totalPages} pages).`);
     out('Restore by stopping Deputy and putting the file in place of the database (remove its -wal and -shm files).');
     return 0;
   } catch (error) {
+    if (error instanceof CommandError) throw error;
     throw new ConfigError(`cannot write the backup to '${file}': ${error instanceof Error ? error.message : String(error)}`);
   } finally {
-    connection.close();
+    await database.close();
   }
 }
 
-function migrateCommand(config: Config, out: Output): number {
-  withStore(config, () => undefined);
+async function migrateCommand(config: Config, out: Output): Promise<number> {
+  await withStore(config, async () => undefined);
   out(`Database ${config.dbPath} is up to date.`);
   return 0;
 }
@@ -223,12 +228,11 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
       if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
       if (values.name === undefined) throw new UsageError('agents add needs --name');
 
+      const name = values.name;
       const jwks = values.jwks === undefined ? undefined : readJwksFile(values.jwks);
-      const connection = openDatabaseOrExplain(config.dbPath);
-      try {
-        migrateDatabase(connection);
-        const { agent, clientSecret } = await registerAgent(new Store(connection.db), {
-          name: values.name,
+      await withStore(config, async (store) => {
+        const { agent, clientSecret } = await registerAgent(store, {
+          name,
           logoUri: values['logo-uri'],
           redirectUris: values['redirect-uri'] ?? [],
           jwks,
@@ -253,14 +257,13 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
           out(`  auth method:   private_key_jwt (${agent.jwksUri ?? 'keys given with --jwks'})`);
         }
         return 0;
-      } finally {
-        connection.close();
-      }
+      });
+      return 0;
     }
 
     case 'list': {
       const { values } = parse(rest, { json: { type: 'boolean' } });
-      const agents = withStore(config, (store) => store.listAgents());
+      const agents = await withStore(config, (store) => store.listAgents());
       if (values.json) {
         out(JSON.stringify(agents.map(describeAgent)));
         return 0;
@@ -278,9 +281,9 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
     case 'show': {
       const { values, positionals } = parse(rest, { json: { type: 'boolean' } });
       const clientId = onePositional(positionals, 'agents show needs a CLIENT_ID');
-      const found = withStore(config, (store) => {
-        const agent = store.findAgentRecord(clientId);
-        return agent && { agent, mapped: new DelegationStore(store.db).serviceClientIdsOf(clientId) };
+      const found = await withStore(config, async (store) => {
+        const agent = await store.findAgentRecord(clientId);
+        return agent && { agent, mapped: await new DelegationStore(store.database).serviceClientIdsOf(clientId) };
       });
       if (found === undefined) throw new CommandError(`no agent with client id '${clientId}'`);
       const described = { ...describeAgent(found.agent), service_client_ids: Object.fromEntries(found.mapped.map((m) => [m.audience, m.clientId])) };
@@ -311,9 +314,9 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
       if (serviceClientId.trim() === '' || serviceClientId.length > 255 || /[\u0000-\u001f\u007f]/.test(serviceClientId)) {
         throw new UsageError('--service-client-id must be 1 to 255 printable characters');
       }
-      withStore(config, (store) => {
-        if (store.findAgent(clientId) === undefined) throw new CommandError(`no agent with client id '${clientId}'`);
-        new DelegationStore(store.db).mapServiceClientId(clientId, audience, serviceClientId);
+      await withStore(config, async (store) => {
+        if (await store.findAgent(clientId) === undefined) throw new CommandError(`no agent with client id '${clientId}'`);
+        await new DelegationStore(store.database).mapServiceClientId(clientId, audience, serviceClientId);
       });
       out(`ID-JAGs from ${clientId} for ${audience} now carry client_id '${serviceClientId}'.`);
       return 0;
@@ -324,7 +327,7 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
       const clientId = onePositional(positionals, 'agents unmap needs a CLIENT_ID');
       if (values.audience === undefined) throw new UsageError('agents unmap needs --audience');
       const audience = values.audience;
-      const removed = withStore(config, (store) => new DelegationStore(store.db).unmapServiceClientId(clientId, audience));
+      const removed = await withStore(config, (store) => new DelegationStore(store.database).unmapServiceClientId(clientId, audience));
       if (!removed) throw new CommandError(`agent '${clientId}' has no client id mapped for '${audience}'`);
       out(`ID-JAGs from ${clientId} for ${audience} carry the default client_id again.`);
       return 0;
@@ -333,7 +336,7 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
     case 'remove': {
       const { positionals } = parse(rest, {});
       const clientId = onePositional(positionals, 'agents remove needs a CLIENT_ID');
-      const removed = withStore(config, (store) => new DelegationStore(store.db).removeAgent(clientId));
+      const removed = await withStore(config, (store) => new DelegationStore(store.database).removeAgent(clientId));
       if (removed === undefined) throw new CommandError(`no agent with client id '${clientId}'`);
       out(`Removed agent ${clientId}; ${removed.revokedDelegations} delegation(s) revoked.`);
       out('Services that received its ID-JAGs are told by the running server (deputy events list).');
@@ -345,12 +348,12 @@ async function agentsCommand(config: Config, argv: string[], out: Output): Promi
   }
 }
 
-function usersCommand(config: Config, argv: string[], out: Output): number {
+async function usersCommand(config: Config, argv: string[], out: Output): Promise<number> {
   const [sub, ...rest] = argv;
   switch (sub) {
     case 'list': {
       const { values } = parse(rest, { json: { type: 'boolean' } });
-      const users = withStore(config, (store) => store.listUsers());
+      const users = await withStore(config, (store) => store.listUsers());
       const rows = users.map((u) => ({ id: u.id, email: u.email, name: u.name, created_at: iso(u.createdAt) }));
       if (values.json) {
         out(JSON.stringify(rows));
@@ -363,7 +366,7 @@ function usersCommand(config: Config, argv: string[], out: Output): number {
     case 'remove': {
       const { positionals } = parse(rest, {});
       const userId = onePositional(positionals, 'users remove needs a USER_ID');
-      const removed = withStore(config, (store) => new DelegationStore(store.db).removeUser(userId));
+      const removed = await withStore(config, (store) => new DelegationStore(store.database).removeUser(userId));
       if (removed === undefined) throw new CommandError(`no user with id '${userId}'`);
       out(`Removed user ${userId}; ${removed.revokedDelegations} delegation(s) revoked.`);
       return 0;
@@ -373,7 +376,7 @@ function usersCommand(config: Config, argv: string[], out: Output): number {
   }
 }
 
-function eventsCommand(config: Config, argv: string[], out: Output): number {
+async function eventsCommand(config: Config, argv: string[], out: Output): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub !== 'list') {
     throw new UsageError(sub === undefined ? 'events needs a subcommand' : `unknown events subcommand '${sub}'`);
@@ -381,7 +384,8 @@ function eventsCommand(config: Config, argv: string[], out: Output): number {
   const { values } = parse(rest, { json: { type: 'boolean' }, limit: { type: 'string' } });
   const limit = values.limit === undefined ? 100 : Number(values.limit);
   if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new UsageError('--limit must be 1 to 10000');
-  const rows = withStore(config, (store) => new OutboxStore(store.db).list(limit)).map((e) => ({
+  const events = await withStore(config, (store) => new OutboxStore(store.database).list(limit));
+  const rows = events.map((e) => ({
     id: e.id,
     state: e.state,
     audience: e.audience,
@@ -413,7 +417,7 @@ async function keysCommand(config: Config, argv: string[], out: Output): Promise
     case 'list': {
       const { values } = parse(rest, { json: { type: 'boolean' } });
       const now = Math.floor(Date.now() / 1000);
-      const rows = withStore(config, (store) => store.allSigningKeys()).map((row) => ({
+      const rows = (await withStore(config, (store) => store.allSigningKeys())).map((row) => ({
         kid: row.kid,
         alg: row.alg,
         state: keyState(row, now),
@@ -448,10 +452,8 @@ async function keysCommand(config: Config, argv: string[], out: Output): Promise
         throw new UsageError(`--alg must be one of ${SIGNING_ALGS.join(', ')}`);
       }
       const secrets = deriveSecrets(resolveSecret(config).secret);
-      const connection = openDatabaseOrExplain(config.dbPath);
-      try {
-        migrateDatabase(connection);
-        const keys = new KeyStore(new Store(connection.db), secrets.keyEncryptionKey, {
+      return withStore(config, async (store) => {
+        const keys = new KeyStore(store, secrets.keyEncryptionKey, {
           alg: alg as SigningAlg,
           prepublishSeconds: config.keys.prepublishSeconds,
           retentionSeconds: retentionFor(config),
@@ -469,9 +471,7 @@ async function keysCommand(config: Config, argv: string[], out: Output): Promise
           out('The current key retires then and stays published until every token it signed has expired.');
         }
         return 0;
-      } finally {
-        connection.close();
-      }
+      });
     }
 
     case 'reencrypt': {
@@ -486,7 +486,7 @@ async function keysCommand(config: Config, argv: string[], out: Output): Promise
       }
       const from = deriveSecrets(old).keyEncryptionKey;
       const to = deriveSecrets(config.secret).keyEncryptionKey;
-      const count = withStoreAsync(config, (store) => reencryptKeys(store, from, to));
+      const count = withStore(config, (store) => reencryptKeys(store, from, to));
       out(`Re-encrypted ${await count} signing key(s) under the new DEPUTY_SECRET.`);
       out('Start Deputy with the new DEPUTY_SECRET now; people will need to sign in again.');
       return 0;
@@ -494,16 +494,6 @@ async function keysCommand(config: Config, argv: string[], out: Output): Promise
 
     default:
       throw new UsageError(sub === undefined ? 'keys needs a subcommand' : `unknown keys subcommand '${sub}'`);
-  }
-}
-
-async function withStoreAsync<T>(config: Config, fn: (store: Store) => Promise<T>): Promise<T> {
-  const connection = openDatabaseOrExplain(config.dbPath);
-  try {
-    migrateDatabase(connection);
-    return await fn(new Store(connection.db));
-  } finally {
-    connection.close();
   }
 }
 

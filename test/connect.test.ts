@@ -46,7 +46,7 @@ describe('agents connect', () => {
   test('by the device grant, getting an ID token and a refresh token for the person', async () => {
     const tokens = await connectByDevice(deputy, agent, browser);
     const idToken = decodeJwt(tokens.id_token);
-    const user = deputy.deputy.store.findUser(idToken.sub as string);
+    const user = await deputy.deputy.store.findUser(idToken.sub as string);
     assert.equal(user?.email, 'ada@example.com');
     assert.equal(idToken.aud, agent.clientId);
     assert.equal(idToken.iss, deputy.url);

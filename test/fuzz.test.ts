@@ -709,15 +709,16 @@ interface World {
  * one of the values it draws), and the checks behind the answer are reached only while open.
  */
 async function openConsentRequest(world: World): Promise<string> {
-  const open = world.consentIds.slice(1).find((id) => world.deputy.deputy.delegations.findConsentRequest(id)?.outcome === null);
-  if (open !== undefined) return open;
+  for (const id of world.consentIds.slice(1)) {
+    if ((await world.deputy.deputy.delegations.findConsentRequest(id))?.outcome === null) return id;
+  }
   // Approvals the fuzz made would answer the mint below: withdraw them first.
   const { delegations } = world.deputy.deputy;
-  const userId = (delegations.findConsentRequest(world.consentIds[1] as string) as { userId: string }).userId;
+  const userId = (await delegations.findConsentRequest(world.consentIds[1] as string) as { userId: string }).userId;
   for (;;) {
-    const approved = delegations.activeDelegation(userId, world.agent.clientId, world.serviceB.issuer);
+    const approved = await delegations.activeDelegation(userId, world.agent.clientId, world.serviceB.issuer);
     if (approved === undefined) break;
-    if (!delegations.revokeDelegation(userId, approved.id)) break;
+    if (!(await delegations.revokeDelegation(userId, approved.id))) break;
   }
   const answer = await mint(world.deputy, world.agent, {
     audience: world.serviceB.issuer,

@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify, type JWK } from 'jose';
 import pino from 'pino';
 import { Browser, formAction, hiddenField } from './helpers/browser.ts';
-import { listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
+import { listen, sqlOn, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
 import { addAgent, basic, connectByDevice, ID_TOKEN, mint, post, type TestAgent } from './helpers/agent.ts';
 import { startAuthMdService, type AuthMdService } from './helpers/services.ts';
 import { startUpstream, type TestUpstream } from './helpers/upstream.ts';
@@ -131,12 +131,12 @@ describe('signing keys', () => {
     secrets.push(refreshToken);
     assert.equal(decodeProtectedHeader(refreshed.body.id_token as string).kid, second.kid);
 
-    const states = deputy.deputy.keys.describe().map((k) => k.state);
+    const states = (await deputy.deputy.keys.describe()).map((k) => k.state);
     assert.deepEqual(states, ['retired', 'retired', 'active']);
   });
 
   test('keeps retired keys published until every token they signed has expired plus the cache time, then removes them', async () => {
-    const rows = deputy.deputy.keys.describe();
+    const rows = await deputy.deputy.keys.describe();
     const retention = 3600 + 1 + 60;
     for (const [i, row] of rows.entries()) {
       if (row.state !== 'retired') continue;
@@ -149,13 +149,13 @@ describe('signing keys', () => {
     assert.deepEqual(published, rows.map((r) => r.kid));
 
     // Move the first key's schedule into the past, as time would.
-    const { openDatabase } = await import('../src/db/index.ts');
-    const connection = openDatabase(deputy.dbPath);
-    connection.sqlite.prepare('update signing_keys set remove_after = unixepoch() - 1 where kid = ?').run(rows[0]?.kid);
-    connection.close();
+    await sqlOn(deputy.dbPath, 'update signing_keys set remove_after = ? where kid = ?', [
+      Math.floor(Date.now() / 1000) - 1,
+      rows[0]?.kid,
+    ]);
     await deputy.deputy.keys.refresh();
     assert.deepEqual((await jwks(deputy)).map((k) => k.kid), rows.slice(1).map((r) => r.kid));
-    assert.equal(deputy.deputy.keys.describe()[0]?.state, 'removed');
+    assert.equal((await deputy.deputy.keys.describe())[0]?.state, 'removed');
   });
 
   test('revocation events are signed with the current key', async () => {
@@ -227,7 +227,7 @@ describe('changing DEPUTY_SECRET', () => {
         try {
           const active = deputy.deputy.keys.active();
           assert.equal(active.alg, first[1] === 'rotate' ? 'EdDSA' : 'ES256');
-          assert.equal(deputy.deputy.keys.describe().length, 1, `${first.join(' ')}: one key, signing`);
+          assert.equal((await deputy.deputy.keys.describe()).length, 1, `${first.join(' ')}: one key, signing`);
         } finally {
           await deputy.stop();
         }
@@ -303,16 +303,13 @@ describe('key rotation across processes and on schedule', () => {
     const deputy = await startDeputy({ dbPath, env: { ...FAST_KEYS, DEPUTY_SECRET: 'r'.repeat(40), DEPUTY_KEY_ROTATION_DAYS: '30' } });
     try {
       await deputy.deputy.keys.rotateIfDue();
-      assert.equal(deputy.deputy.keys.describe().length, 1, 'a new key is not due yet');
+      assert.equal((await deputy.deputy.keys.describe()).length, 1, 'a new key is not due yet');
 
-      const { openDatabase } = await import('../src/db/index.ts');
-      const connection = openDatabase(dbPath);
-      connection.sqlite.prepare('update signing_keys set activates_at = activates_at - 31 * 86400, created_at = created_at - 31 * 86400').run();
-      connection.close();
+      await sqlOn(dbPath, 'update signing_keys set activates_at = activates_at - 31 * 86400, created_at = created_at - 31 * 86400');
 
       // The refresh timer runs every half pre-publication period (500 ms here).
-      for (let i = 0; i < 40 && deputy.deputy.keys.describe().length === 1; i += 1) await sleep(50);
-      assert.deepEqual(deputy.deputy.keys.describe().map((k) => k.state), ['active', 'next']);
+      for (let i = 0; i < 40 && (await deputy.deputy.keys.describe()).length === 1; i += 1) await sleep(50);
+      assert.deepEqual((await deputy.deputy.keys.describe()).map((k) => k.state), ['active', 'next']);
     } finally {
       await deputy.stop();
       dir.remove();

@@ -157,7 +157,7 @@ describe('the mint', () => {
     assert.equal(protectedHeader.kid, published.keys[0]?.kid);
     assert.equal(protectedHeader.kid, await calculateJwkThumbprint(published.keys[0] as never));
 
-    const user = deputy.deputy.store.findUser(payload.sub as string);
+    const user = await deputy.deputy.store.findUser(payload.sub as string);
     assert.ok(user);
     assert.equal(payload.exp! - payload.iat!, TTL);
     assert.match(payload.jti as string, /^[0-9a-f-]{36}$/);
@@ -228,7 +228,7 @@ describe('the mint', () => {
     });
     assert.equal(first.body.error, 'consent_required');
     await approve(ada, first.body.consent_uri as string, 'always');
-    deputy.deputy.delegations.mapServiceClientId(agent.clientId, ras.issuer, 'research-bot-at-ras');
+    await deputy.deputy.delegations.mapServiceClientId(agent.clientId, ras.issuer, 'research-bot-at-ras');
 
     const assertion = async () =>
       (
@@ -408,12 +408,12 @@ describe('the mint', () => {
     const after = await ada.go(`${deputy.url}/`);
     assert.doesNotMatch(after.body.split('id="delegations-heading"')[1] ?? '', /Gone Bot[\s\S]*status-active/);
     const userId = decodeJwt(goneTokens.id_token).sub as string;
-    assert.equal(deputy.deputy.delegations.activeDelegation(userId, gone.clientId, service.issuer), undefined);
+    assert.equal(await deputy.deputy.delegations.activeDelegation(userId, gone.clientId, service.issuer), undefined);
 
     // An approval already past the page's check when the disconnect landed is refused where it
     // writes.
     const consentId = /\/consent\/(cns_[A-Za-z0-9_-]+)/.exec(asked.body.consent_uri as string)?.[1] as string;
-    const late = deputy.deputy.delegations.answerConsentRequest(consentId, 'approved', {
+    const late = await deputy.deputy.delegations.answerConsentRequest(consentId, 'approved', {
       userId,
       agentClientId: gone.clientId,
       audience: service.issuer,
@@ -426,7 +426,7 @@ describe('the mint', () => {
       serviceAgentAuth: null,
     });
     assert.equal(late, 'not-connected');
-    assert.equal(deputy.deputy.delegations.activeDelegation(userId, gone.clientId, service.issuer), undefined);
+    assert.equal(await deputy.deputy.delegations.activeDelegation(userId, gone.clientId, service.issuer), undefined);
   });
 
   test('grants from a consent request only the scopes the service publishes', async () => {

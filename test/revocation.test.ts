@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { decodeJwt } from 'jose';
 import { Browser, formAction, hiddenField } from './helpers/browser.ts';
-import { listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
+import { databaseFor, listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
 import { addAgent, connectByDevice, ID_JAG, ID_TOKEN, mint, type TestAgent } from './helpers/agent.ts';
 import {
   LOGOUT_REVOKED_EVENT,
@@ -21,10 +21,14 @@ const FAST_EVENTS = {
   DEPUTY_EVENT_POLL_MS: '50',
 };
 
-async function waitFor<T>(what: string, fn: () => T | undefined | false, timeoutMs = 10_000): Promise<T> {
+async function waitFor<T>(
+  what: string,
+  fn: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 10_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const value = fn();
+    const value = await fn();
     if (value !== undefined && value !== false) return value;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(25);
@@ -83,8 +87,8 @@ describe('revocation reaches services', () => {
     return (await fetch(`${target.url}/api/me`, { headers: { authorization: `Bearer ${credential}` } })).status;
   }
 
-  function outboxFor(target: AuthMdService) {
-    return deputy.deputy.outbox.list(1000).filter((e) => e.audience === target.issuer);
+  async function outboxFor(target: AuthMdService) {
+    return (await deputy.deputy.outbox.list(1000)).filter((e) => e.audience === target.issuer);
   }
 
   before(async () => {
@@ -127,7 +131,7 @@ describe('revocation reaches services', () => {
     assert.ok((event.claims.exp as number) - (event.claims.iat as number) <= 120);
     assert.equal(await apiStatus(target, credential), 401);
 
-    await waitFor('delivered state', () => outboxFor(target)[0]?.state === 'delivered');
+    await waitFor('delivered state', async () => (await outboxFor(target))[0]?.state === 'delivered');
     const home = await browser.go(`${deputy.url}/`);
     assert.match(home.body, /delivery-delivered">Service told/);
   });
@@ -158,10 +162,10 @@ describe('revocation reaches services', () => {
     await delegateAndUse(target);
     target.failNext(3, 503);
     await revokeIn(target);
-    await waitFor('delivery', () => outboxFor(target)[0]?.state === 'delivered');
+    await waitFor('delivery', async () => (await outboxFor(target))[0]?.state === 'delivered');
     assert.equal(target.deliveries, 4);
     assert.equal(target.events.length, 1);
-    assert.equal(outboxFor(target)[0]?.attempts, 4);
+    assert.equal((await outboxFor(target))[0]?.attempts, 4);
   });
 
   test('a service answering 400 ends as failed with its reason, not retried', async () => {
@@ -169,7 +173,7 @@ describe('revocation reaches services', () => {
     await delegateAndUse(target);
     target.failNext(1, 400);
     await revokeIn(target);
-    const failed = await waitFor('failure', () => (outboxFor(target)[0]?.state === 'failed' ? outboxFor(target)[0] : undefined));
+    const failed = await waitFor('failure', async () => ((await outboxFor(target))[0]?.state === 'failed' ? (await outboxFor(target))[0] : undefined));
     assert.equal(failed.attempts, 1);
     assert.match(failed.lastError ?? '', /the service answered 400: temporarily_unavailable: failing on purpose/);
     await sleep(200);
@@ -199,7 +203,7 @@ describe('revocation reaches services', () => {
     assert.equal(refused.status, 401);
     assert.equal(refused.body.error, 'invalid_client');
 
-    await waitFor('delivered', () => outboxFor(target)[0]?.state === 'delivered');
+    await waitFor('delivered', async () => (await outboxFor(target))[0]?.state === 'delivered');
     const listed = JSON.parse(await cli('events', 'list', '--json')) as { audience: string; state: string; transport: string }[];
     const row = listed.find((e) => e.audience === target.issuer);
     assert.equal(row?.state, 'delivered');
@@ -219,14 +223,14 @@ describe('revocation reaches services', () => {
       assert.equal((await mint(deputy, bot, params)).status, 200);
       await sleep(1000 - (Date.now() % 1000) + 50); // whole seconds: the second is used later
     }
-    const always = deputy.deputy.delegations
+    const always = (await deputy.deputy.delegations
       .delegationsOf(decodeJwt(botTokens.id_token).sub as string)
-      .find((d) => d.agentClientId === bot.clientId && d.mode === 'always');
+      ).find((d) => d.agentClientId === bot.clientId && d.mode === 'always');
 
     const home = await browser.go(`${deputy.url}/`);
     await browser.submit(`${deputy.url}/agents/${bot.clientId}/disconnect`, { csrf: hiddenField(home, 'csrf') });
     await waitFor('the event', () => target.events.length === 1);
-    const events = outboxFor(target);
+    const events = (await outboxFor(target));
     assert.equal(events.length, 1);
     assert.equal(events[0]?.delegationId, always?.id);
   });
@@ -257,10 +261,10 @@ describe('revocation across a restart', () => {
       // Stop this process's worker, queue an event, and let another "process" (a second
       // connection to the same file) claim it and die without settling it.
       await deputy.deputy.worker.stop();
-      const { openDatabase } = await import('../src/db/index.ts');
+      const { openDatabaseOrExplain } = await import('../src/db/index.ts');
       const { OutboxStore, enqueueRevocations } = await import('../src/db/outbox.ts');
-      const other = openDatabase(deputy.dbPath);
-      enqueueRevocations(other.db, [
+      const other = await openDatabaseOrExplain(await databaseFor(deputy.dbPath));
+      await other.transaction((tx) => enqueueRevocations(tx, other.t, [
         {
           id: 'dlg_test',
           userId: 'usr_test',
@@ -270,16 +274,16 @@ describe('revocation across a restart', () => {
           lastUsedAt: null,
           serviceAgentAuth: { eventsEndpoint: `${target.url}/agent/events`, eventsSupported: [REVOKED_EVENT] },
         },
-      ]);
-      const claimed = new OutboxStore(other.db).claimDue(10, 400);
+      ]));
+      const claimed = await new OutboxStore(other).claimDue(10, 400);
       assert.equal(claimed.length, 1);
-      other.close();
+      await other.close();
 
       deputy.deputy.worker.start();
       await sleep(150);
       assert.equal(target.deliveries, 0, 'not while the lease holds');
       await waitFor('the delivery after the lease', () => target.events.length === 1);
-      assert.equal(deputy.deputy.outbox.list()[0]?.attempts, 2);
+      assert.equal((await deputy.deputy.outbox.list())[0]?.attempts, 2);
     } finally {
       await deputy.stop();
       await target.close();
@@ -314,8 +318,8 @@ describe('revocation across a restart', () => {
       const home = await browser.go(`${deputy.url}/`);
       const id = /\/delegations\/(dlg_[A-Za-z0-9_-]+)\/revoke/.exec(home.body)?.[1];
       await browser.submit(`${deputy.url}/delegations/${id}/revoke`, { csrf: hiddenField(home, 'csrf') });
-      await waitFor('a failed attempt', () => (deputy.deputy.outbox.list()[0]?.attempts ?? 0) >= 1 ? true : undefined);
-      assert.equal(deputy.deputy.outbox.list()[0]?.state, 'pending');
+      await waitFor('a failed attempt', async () => ((await deputy.deputy.outbox.list())[0]?.attempts ?? 0) >= 1 ? true : undefined);
+      assert.equal((await deputy.deputy.outbox.list())[0]?.state, 'pending');
 
       const deputyPort = Number(new URL(deputy.url).port);
       await deputy.stop();
@@ -324,7 +328,7 @@ describe('revocation across a restart', () => {
 
       await waitFor('the event after the restart', () => target.events.length === 1);
       assert.equal(target.events[0]?.claims.aud, target.issuer);
-      await waitFor('delivered', () => deputy.deputy.outbox.list()[0]?.state === 'delivered');
+      await waitFor('delivered', async () => (await deputy.deputy.outbox.list())[0]?.state === 'delivered');
     } finally {
       await deputy.stop();
       await target.close().catch(() => undefined);

@@ -46,7 +46,7 @@ export async function registerAgent(store: Store, input: AgentInput): Promise<Re
     if (input.jwks !== undefined || input.jwksUri !== undefined) {
       throw new UsageError('a --public agent has no keys; drop --jwks and --jwks-uri');
     }
-    const agent = store.insertAgent({
+    const agent = await store.insertAgent({
       clientId: newId('agt'),
       name,
       logoUri,
@@ -62,7 +62,7 @@ export async function registerAgent(store: Store, input: AgentInput): Promise<Re
   if (input.jwks !== undefined || input.jwksUri !== undefined) {
     const jwks = input.jwks === undefined ? null : await publicJwks(input.jwks);
     const jwksUri = input.jwksUri === undefined ? null : httpsUrl('--jwks-uri', input.jwksUri);
-    const agent = store.insertAgent({
+    const agent = await store.insertAgent({
       clientId: newId('agt'),
       name,
       logoUri,
@@ -76,7 +76,7 @@ export async function registerAgent(store: Store, input: AgentInput): Promise<Re
   }
 
   const clientSecret = randomBytes(32).toString('base64url');
-  const agent = store.insertAgent({
+  const agent = await store.insertAgent({
     clientId: newId('agt'),
     name,
     logoUri,

@@ -1,25 +1,11 @@
 /**
  * Connections, delegations, consent requests, the assertion audit trail and the service cache:
  * the records the mint reads and the web pages change. Read-then-write decisions run in
- * immediate transactions so that several processes on one database agree.
+ * exclusive transactions so that several processes on one database agree.
  */
 import { and, desc, eq, gt, inArray, isNull, lte, or, sql, type Placeholder, type SQL } from 'drizzle-orm';
-import type { Db, Executor } from './index.ts';
-import {
-  agents,
-  agentServiceClientIds,
-  assertions,
-  clientAssertionJtis,
-  connections,
-  consentRequests,
-  delegations,
-  oidcModels,
-  services,
-  sessions,
-  upstreamIdentities,
-  users,
-  type DelegationMode,
-} from './schema.ts';
+import type { Database, Db, Tables } from './index.ts';
+import type { assertions, connections, consentRequests, delegations, DelegationMode } from './schema.ts';
 import { enqueueRevocations } from './outbox.ts';
 import { epoch, newId } from './store.ts';
 
@@ -63,109 +49,86 @@ export interface AssertionRecord {
 }
 
 export class DelegationStore {
-  readonly #db: Db;
-  // The queries of every mint, prepared once (see Store).
+  readonly #database: Database;
+  readonly #t: Tables;
+  // The reads of every mint, prepared once (see Database.prepared).
   readonly #activeDelegation;
   readonly #isConnected;
-  readonly #useDelegation;
-  readonly #recordAssertion;
   readonly #serviceClientId;
 
-  constructor(db: Db) {
-    this.#db = db;
-    this.#isConnected = db
-      .select({ id: connections.id })
-      .from(connections)
-      .innerJoin(oidcModels, grantLivesAt(sql.placeholder('now')))
-      .where(
-        and(
-          eq(connections.userId, sql.placeholder('userId')),
-          eq(connections.agentClientId, sql.placeholder('agentClientId')),
-          isNull(connections.disconnectedAt),
-          lte(connections.createdAt, sql.placeholder('issuedAt')),
+  constructor(database: Database) {
+    this.#database = database;
+    this.#t = database.t;
+    this.#isConnected = database.prepared('is_connected', (db, t) =>
+      db
+        .select({ id: t.connections.id })
+        .from(t.connections)
+        .innerJoin(t.oidcModels, grantLivesAt(t, sql.placeholder('now')))
+        .where(
+          and(
+            eq(t.connections.userId, sql.placeholder('userId')),
+            eq(t.connections.agentClientId, sql.placeholder('agentClientId')),
+            isNull(t.connections.disconnectedAt),
+            lte(t.connections.createdAt, sql.placeholder('issuedAt')),
+          ),
+        )
+        .limit(1),
+    );
+    this.#serviceClientId = database.prepared('service_client_id', (db, t) =>
+      db
+        .select({ clientId: t.agentServiceClientIds.clientId })
+        .from(t.agentServiceClientIds)
+        .where(
+          and(
+            eq(t.agentServiceClientIds.agentClientId, sql.placeholder('agentClientId')),
+            eq(t.agentServiceClientIds.audience, sql.placeholder('audience')),
+          ),
         ),
-      )
-      .limit(1)
-      .prepare();
-    // A use counts, and consumes a `once` delegation, only while the delegation is usable.
-    this.#useDelegation = db
-      .update(delegations)
-      .set({
-        uses: sql`${delegations.uses} + 1`,
-        lastUsedAt: sql`${sql.placeholder('now')}`,
-        consumedAt: sql`case when ${delegations.mode} = 'once' then ${sql.placeholder('now')} else ${delegations.consumedAt} end`,
-      })
-      .where(
-        and(
-          eq(delegations.id, sql.placeholder('id')),
-          usableAt(sql.placeholder('now')),
-        ),
-      )
-      .prepare();
-    this.#recordAssertion = db
-      .insert(assertions)
-      .values({
-        jti: sql.placeholder('jti'),
-        delegationId: sql.placeholder('delegationId'),
-        userId: sql.placeholder('userId'),
-        agentClientId: sql.placeholder('agentClientId'),
-        audience: sql.placeholder('audience'),
-        resources: sql.placeholder('resources'),
-        scope: sql.placeholder('scope'),
-        kid: sql.placeholder('kid'),
-        issuedAt: sql.placeholder('issuedAt'),
-        expiresAt: sql.placeholder('expiresAt'),
-      })
-      .prepare();
-    this.#serviceClientId = db
-      .select({ clientId: agentServiceClientIds.clientId })
-      .from(agentServiceClientIds)
-      .where(
-        and(
-          eq(agentServiceClientIds.agentClientId, sql.placeholder('agentClientId')),
-          eq(agentServiceClientIds.audience, sql.placeholder('audience')),
-        ),
-      )
-      .prepare();
-    this.#activeDelegation = db
-      .select()
-      .from(delegations)
-      .where(
-        and(
-          eq(delegations.userId, sql.placeholder('userId')),
-          eq(delegations.agentClientId, sql.placeholder('agentClientId')),
-          eq(delegations.audience, sql.placeholder('audience')),
-          usableAt(sql.placeholder('now')),
-        ),
-      )
-      .orderBy(desc(delegations.createdAt))
-      .limit(1)
-      .prepare();
+    );
+    this.#activeDelegation = database.prepared('active_delegation', (db, t) =>
+      db
+        .select()
+        .from(t.delegations)
+        .where(
+          and(
+            eq(t.delegations.userId, sql.placeholder('userId')),
+            eq(t.delegations.agentClientId, sql.placeholder('agentClientId')),
+            eq(t.delegations.audience, sql.placeholder('audience')),
+            usableAt(t, sql.placeholder('now')),
+          ),
+        )
+        .orderBy(desc(t.delegations.createdAt))
+        .limit(1),
+    );
+  }
+
+  #run<T>(fn: (db: Db, t: Tables) => Promise<T>): Promise<T> {
+    return this.#database.run((db) => fn(db, this.#t));
+  }
+
+  #exclusive<T>(fn: (tx: Db, t: Tables) => Promise<T>): Promise<T> {
+    return this.#database.transaction((tx) => fn(tx, this.#t), { exclusive: true });
   }
 
   // Connections
 
-  recordConnection(userId: string, agentClientId: string, grantId: string, scope: string): void {
-    const now = epoch();
-    const existing = this.#db
-      .select({ id: connections.id })
-      .from(connections)
-      .where(and(eq(connections.grantId, grantId), isNull(connections.disconnectedAt)))
-      .get();
+  /** Records the agent's connection to the user under `grantId`, or refreshes the live one. */
+  recordConnection(userId: string, agentClientId: string, grantId: string, scope: string): Promise<void> {
+    return this.#exclusive(async (tx, { connections }) => {
+      const now = epoch();
+      const [existing] = await tx
+        .select({ id: connections.id })
+        .from(connections)
+        .where(and(eq(connections.grantId, grantId), isNull(connections.disconnectedAt)));
 
-    if (existing !== undefined) {
-      this.#db
-        .update(connections)
-        .set({ scope, lastConnectedAt: now })
-        .where(eq(connections.id, existing.id))
-        .run();
-      return;
-    }
-
-    this.#db
-      .insert(connections)
-      .values({ id: newId('con'), userId, agentClientId, grantId, scope, createdAt: now, lastConnectedAt: now })
-      .run();
+      if (existing !== undefined) {
+        await tx.update(connections).set({ scope, lastConnectedAt: now }).where(eq(connections.id, existing.id));
+        return;
+      }
+      await tx
+        .insert(connections)
+        .values({ id: newId('con'), userId, agentClientId, grantId, scope, createdAt: now, lastConnectedAt: now });
+    });
   }
 
   /**
@@ -173,7 +136,7 @@ export class DelegationStore {
    * exists. oidc-provider deletes a grant when it detects a rotated refresh token being reused,
    * and that ends the connection for ID tokens too.
    */
-  isConnected(userId: string, agentClientId: string): boolean {
+  isConnected(userId: string, agentClientId: string): Promise<boolean> {
     return this.isConnectedSince(userId, agentClientId, Number.MAX_SAFE_INTEGER);
   }
 
@@ -183,26 +146,28 @@ export class DelegationStore {
    * stays dead when the agent connects again, since the new connection is younger than it
    * (to the second: one issued, disconnected and reconnected within the same second passes).
    */
-  isConnectedSince(userId: string, agentClientId: string, issuedAt: number): boolean {
-    return this.#isConnected.get({ userId, agentClientId, now: epoch(), issuedAt }) !== undefined;
+  async isConnectedSince(userId: string, agentClientId: string, issuedAt: number): Promise<boolean> {
+    const rows = await this.#isConnected({ userId, agentClientId, now: epoch(), issuedAt });
+    return rows.length > 0;
   }
 
-  connectedAgents(userId: string): ConnectedAgent[] {
-    const rows = this.#db
-      .select({
-        clientId: agents.clientId,
-        name: agents.name,
-        logoUri: agents.logoUri,
-        scope: connections.scope,
-        connectedAt: connections.lastConnectedAt,
-      })
-      .from(connections)
-      .innerJoin(agents, eq(agents.clientId, connections.agentClientId))
-      // Only connections whose grant lives, as isConnected: such an agent can act for the person.
-      .innerJoin(oidcModels, grantLivesAt(epoch()))
-      .where(and(eq(connections.userId, userId), isNull(connections.disconnectedAt)))
-      .orderBy(desc(connections.lastConnectedAt))
-      .all();
+  async connectedAgents(userId: string): Promise<ConnectedAgent[]> {
+    const rows = await this.#run((db, t) =>
+      db
+        .select({
+          clientId: t.agents.clientId,
+          name: t.agents.name,
+          logoUri: t.agents.logoUri,
+          scope: t.connections.scope,
+          connectedAt: t.connections.lastConnectedAt,
+        })
+        .from(t.connections)
+        .innerJoin(t.agents, eq(t.agents.clientId, t.connections.agentClientId))
+        // Only connections whose grant lives, as isConnected: such an agent can act for the person.
+        .innerJoin(t.oidcModels, grantLivesAt(t, epoch()))
+        .where(and(eq(t.connections.userId, userId), isNull(t.connections.disconnectedAt)))
+        .orderBy(desc(t.connections.lastConnectedAt)),
+    );
 
     const seen = new Set<string>();
     return rows.filter((row) => !seen.has(row.clientId) && seen.add(row.clientId));
@@ -212,20 +177,17 @@ export class DelegationStore {
    * Ends every connection between the user and the agent: its grants and the tokens issued
    * under them are deleted and its delegations revoked, in one transaction.
    */
-  disconnect(userId: string, agentClientId: string): { revokedDelegations: string[] } {
-    return this.#db.transaction(
-      (tx) => {
-        const now = epoch();
-        const revoked = endConnections(
-          tx,
-          and(eq(connections.userId, userId), eq(connections.agentClientId, agentClientId)) as SQL,
-          and(eq(delegations.userId, userId), eq(delegations.agentClientId, agentClientId)) as SQL,
-          now,
-        );
-        return { revokedDelegations: revoked.map((d) => d.id) };
-      },
-      { behavior: 'immediate' },
-    );
+  disconnect(userId: string, agentClientId: string): Promise<{ revokedDelegations: string[] }> {
+    return this.#exclusive(async (tx, t) => {
+      const revoked = await endConnections(
+        tx,
+        t,
+        and(eq(t.connections.userId, userId), eq(t.connections.agentClientId, agentClientId)) as SQL,
+        and(eq(t.delegations.userId, userId), eq(t.delegations.agentClientId, agentClientId)) as SQL,
+        epoch(),
+      );
+      return { revokedDelegations: revoked.map((d) => d.id) };
+    });
   }
 
   // Delegations
@@ -233,61 +195,63 @@ export class DelegationStore {
   /**
    * Creates a delegation unless the agent already has an active one for this user and
    * audience: there is at most one, so that revoking it stops the minting (a second would keep
-   * it going). Returns undefined then; checked and inserted in one immediate transaction, so two
-   * approvals at once cannot both create one.
+   * it going). Returns undefined then; checked and inserted in one exclusive transaction, so
+   * two approvals at once cannot both create one.
    */
-  createDelegation(input: NewDelegation): Delegation | undefined {
-    return this.#db.transaction(
-      (tx) => insertUnlessActive(tx, input, epoch()),
-      { behavior: 'immediate' },
-    );
+  createDelegation(input: NewDelegation): Promise<Delegation | undefined> {
+    return this.#exclusive((tx, t) => insertUnlessActive(tx, t, input, epoch()));
   }
 
-  findDelegation(id: string): Delegation | undefined {
-    return this.#db.select().from(delegations).where(eq(delegations.id, id)).get();
+  async findDelegation(id: string): Promise<Delegation | undefined> {
+    const [row] = await this.#run((db, { delegations }) => db.select().from(delegations).where(eq(delegations.id, id)));
+    return row;
   }
 
   /** The delegation a mint for (user, agent, audience) would use now, if any. */
-  activeDelegation(userId: string, agentClientId: string, audience: string): Delegation | undefined {
-    return this.#activeDelegation.get({ userId, agentClientId, audience, now: epoch() });
+  async activeDelegation(userId: string, agentClientId: string, audience: string): Promise<Delegation | undefined> {
+    return (await this.#activeDelegation({ userId, agentClientId, audience, now: epoch() }))[0];
   }
 
   /**
    * Uses the delegation for one assertion and records it, atomically: a `once` delegation is
-   * consumed by exactly one caller however many race for it (DESIGN 2.4 step 6). Returns false
-   * when the delegation is no longer usable.
+   * consumed by exactly one caller however many race for it, in any process (DESIGN 2.4 step
+   * 6): the update's condition is evaluated against the row as committed, so a second caller
+   * updates nothing. Returns false when the delegation is no longer usable.
    */
-  useDelegation(delegation: Delegation, record: AssertionRecord): boolean {
-    // The prepared statements run on this connection, so inside this transaction.
-    return this.#db.transaction(
-      () => {
-        const changes = this.#useDelegation.run({ id: delegation.id, now: record.issuedAt }).changes;
-        if (changes !== 1) return false;
-        this.#recordAssertion.run({ ...record, delegationId: delegation.id });
-        return true;
-      },
-      { behavior: 'immediate' },
-    );
+  useDelegation(delegation: Delegation, record: AssertionRecord): Promise<boolean> {
+    return this.#database.transaction(async (tx) => {
+      const { delegations, assertions } = this.#t;
+      const now = record.issuedAt;
+      const used = await tx
+        .update(delegations)
+        .set({
+          uses: sql`${delegations.uses} + 1`,
+          lastUsedAt: now,
+          consumedAt: sql`case when ${delegations.mode} = 'once' then ${now} else ${delegations.consumedAt} end`,
+        })
+        .where(and(eq(delegations.id, delegation.id), usableAt(this.#t, now)))
+        .returning({ id: delegations.id });
+      if (used.length !== 1) return false;
+      await tx.insert(assertions).values({ ...record, delegationId: delegation.id });
+      return true;
+    });
   }
 
   /**
    * Revokes one of the user's delegations and queues the revocation event in the same
    * transaction; false if it was not theirs or already revoked.
    */
-  revokeDelegation(userId: string, id: string): boolean {
-    return this.#db.transaction(
-      (tx) => {
-        const revoked = tx
-          .update(delegations)
-          .set({ revokedAt: epoch() })
-          .where(and(eq(delegations.id, id), eq(delegations.userId, userId), isNull(delegations.revokedAt)))
-          .returning()
-          .all();
-        enqueueRevocations(tx, revoked);
-        return revoked.length === 1;
-      },
-      { behavior: 'immediate' },
-    );
+  revokeDelegation(userId: string, id: string): Promise<boolean> {
+    return this.#exclusive(async (tx, t) => {
+      const { delegations } = t;
+      const revoked = await tx
+        .update(delegations)
+        .set({ revokedAt: epoch() })
+        .where(and(eq(delegations.id, id), eq(delegations.userId, userId), isNull(delegations.revokedAt)))
+        .returning();
+      await enqueueRevocations(tx, t, revoked);
+      return revoked.length === 1;
+    });
   }
 
   /**
@@ -295,28 +259,25 @@ export class DelegationStore {
    * tokens are deleted, its delegations revoked and their events queued. The row stays,
    * marked removed, for the audit trail.
    */
-  removeAgent(agentClientId: string): { revokedDelegations: number } | undefined {
-    return this.#db.transaction(
-      (tx) => {
-        const now = epoch();
-        const agent = tx
-          .update(agents)
-          .set({ removedAt: now })
-          .where(and(eq(agents.clientId, agentClientId), isNull(agents.removedAt)))
-          .returning({ clientId: agents.clientId })
-          .get();
-        if (agent === undefined) return undefined;
+  removeAgent(agentClientId: string): Promise<{ revokedDelegations: number } | undefined> {
+    return this.#exclusive(async (tx, t) => {
+      const now = epoch();
+      const [agent] = await tx
+        .update(t.agents)
+        .set({ removedAt: now })
+        .where(and(eq(t.agents.clientId, agentClientId), isNull(t.agents.removedAt)))
+        .returning({ clientId: t.agents.clientId });
+      if (agent === undefined) return undefined;
 
-        const revoked = endConnections(
-          tx,
-          eq(connections.agentClientId, agentClientId),
-          eq(delegations.agentClientId, agentClientId),
-          now,
-        );
-        return { revokedDelegations: revoked.length };
-      },
-      { behavior: 'immediate' },
-    );
+      const revoked = await endConnections(
+        tx,
+        t,
+        eq(t.connections.agentClientId, agentClientId),
+        eq(t.delegations.agentClientId, agentClientId),
+        now,
+      );
+      return { revokedDelegations: revoked.length };
+    });
   }
 
   /**
@@ -324,53 +285,52 @@ export class DelegationStore {
    * end, their delegations are revoked with events queued, and their upstream identity is
    * unlinked, so signing in again makes a new user. The row stays, marked removed.
    */
-  removeUser(userId: string): { revokedDelegations: number } | undefined {
-    return this.#db.transaction(
-      (tx) => {
-        const now = epoch();
-        const user = tx
-          .update(users)
-          .set({ removedAt: now })
-          .where(and(eq(users.id, userId), isNull(users.removedAt)))
-          .returning({ id: users.id })
-          .get();
-        if (user === undefined) return undefined;
+  removeUser(userId: string): Promise<{ revokedDelegations: number } | undefined> {
+    return this.#exclusive(async (tx, t) => {
+      const now = epoch();
+      const [user] = await tx
+        .update(t.users)
+        .set({ removedAt: now })
+        .where(and(eq(t.users.id, userId), isNull(t.users.removedAt)))
+        .returning({ id: t.users.id });
+      if (user === undefined) return undefined;
 
-        tx.delete(sessions).where(eq(sessions.userId, userId)).run();
-        tx.delete(upstreamIdentities).where(eq(upstreamIdentities.userId, userId)).run();
-        const revoked = endConnections(
-          tx,
-          eq(connections.userId, userId),
-          eq(delegations.userId, userId),
-          now,
-        );
-        return { revokedDelegations: revoked.length };
-      },
-      { behavior: 'immediate' },
-    );
+      await tx.delete(t.sessions).where(eq(t.sessions.userId, userId));
+      await tx.delete(t.upstreamIdentities).where(eq(t.upstreamIdentities.userId, userId));
+      const revoked = await endConnections(
+        tx,
+        t,
+        eq(t.connections.userId, userId),
+        eq(t.delegations.userId, userId),
+        now,
+      );
+      return { revokedDelegations: revoked.length };
+    });
   }
 
   /** The user's delegations, newest first, with the agent's name. */
-  delegationsOf(userId: string): (Delegation & { agentName: string })[] {
-    return this.#db
-      .select({ delegation: delegations, agentName: agents.name })
-      .from(delegations)
-      .innerJoin(agents, eq(agents.clientId, delegations.agentClientId))
-      .where(eq(delegations.userId, userId))
-      .orderBy(desc(delegations.createdAt))
-      .all()
-      .map((row) => ({ ...row.delegation, agentName: row.agentName }));
+  async delegationsOf(userId: string): Promise<(Delegation & { agentName: string })[]> {
+    const rows = await this.#run((db, { delegations, agents }) =>
+      db
+        .select({ delegation: delegations, agentName: agents.name })
+        .from(delegations)
+        .innerJoin(agents, eq(agents.clientId, delegations.agentClientId))
+        .where(eq(delegations.userId, userId))
+        .orderBy(desc(delegations.createdAt)),
+    );
+    return rows.map((row) => ({ ...row.delegation, agentName: row.agentName }));
   }
 
-  assertionsOf(delegationId: string, limit: number, offset: number): Assertion[] {
-    return this.#db
-      .select()
-      .from(assertions)
-      .where(eq(assertions.delegationId, delegationId))
-      .orderBy(desc(assertions.issuedAt), desc(assertions.jti))
-      .limit(limit)
-      .offset(offset)
-      .all();
+  assertionsOf(delegationId: string, limit: number, offset: number): Promise<Assertion[]> {
+    return this.#run((db, { assertions }) =>
+      db
+        .select()
+        .from(assertions)
+        .where(eq(assertions.delegationId, delegationId))
+        .orderBy(desc(assertions.issuedAt), desc(assertions.jti))
+        .limit(limit)
+        .offset(offset),
+    );
   }
 
   // Consent requests
@@ -378,38 +338,35 @@ export class DelegationStore {
   createConsentRequest(
     input: Pick<ConsentRequest, 'userId' | 'agentClientId' | 'audience' | 'resources' | 'scope'>,
     ttlSeconds: number,
-  ): ConsentRequest & { expiresIn: number } {
+  ): Promise<ConsentRequest & { expiresIn: number }> {
     // An agent that retries while the person decides gets the same link back, not a new row
     // each time, as long as more than half its life is left; looked up and written in one
-    // immediate transaction, so retries at once get one link.
-    return this.#db.transaction(
-      (tx) => {
-        const now = epoch();
-        const open = tx
-          .select()
-          .from(consentRequests)
-          .where(
-            and(
-              eq(consentRequests.userId, input.userId),
-              eq(consentRequests.agentClientId, input.agentClientId),
-              eq(consentRequests.audience, input.audience),
-              isNull(consentRequests.outcome),
-              gt(consentRequests.expiresAt, now + Math.floor(ttlSeconds / 2)),
-            ),
-          )
-          .all()
-          .find((r) => r.scope === input.scope && JSON.stringify(r.resources) === JSON.stringify(input.resources));
-        if (open !== undefined) return { ...open, expiresIn: open.expiresAt - now };
+    // exclusive transaction, so retries at once get one link.
+    return this.#exclusive(async (tx, { consentRequests }) => {
+      const now = epoch();
+      const candidates = await tx
+        .select()
+        .from(consentRequests)
+        .where(
+          and(
+            eq(consentRequests.userId, input.userId),
+            eq(consentRequests.agentClientId, input.agentClientId),
+            eq(consentRequests.audience, input.audience),
+            isNull(consentRequests.outcome),
+            gt(consentRequests.expiresAt, now + Math.floor(ttlSeconds / 2)),
+          ),
+        );
+      const open = candidates.find(
+        (r) => r.scope === input.scope && JSON.stringify(r.resources) === JSON.stringify(input.resources),
+      );
+      if (open !== undefined) return { ...open, expiresIn: open.expiresAt - now };
 
-        const created = tx
-          .insert(consentRequests)
-          .values({ id: newId('cns'), ...input, createdAt: now, expiresAt: now + ttlSeconds })
-          .returning()
-          .get();
-        return { ...created, expiresIn: ttlSeconds };
-      },
-      { behavior: 'immediate' },
-    );
+      const [created] = await tx
+        .insert(consentRequests)
+        .values({ id: newId('cns'), ...input, createdAt: now, expiresAt: now + ttlSeconds })
+        .returning();
+      return { ...(created as ConsentRequest), expiresIn: ttlSeconds };
+    });
   }
 
   /**
@@ -417,25 +374,30 @@ export class DelegationStore {
    * within its lifetime: the denial stands that long, so the agent is told rather than asking
    * again and again.
    */
-  consentDenied(userId: string, agentClientId: string, audience: string): boolean {
-    const denied = this.#db
-      .select({ id: consentRequests.id })
-      .from(consentRequests)
-      .where(
-        and(
-          eq(consentRequests.userId, userId),
-          eq(consentRequests.agentClientId, agentClientId),
-          eq(consentRequests.audience, audience),
-          eq(consentRequests.outcome, 'denied'),
-          gt(consentRequests.expiresAt, epoch()),
-        ),
-      )
-      .get();
-    return denied !== undefined;
+  async consentDenied(userId: string, agentClientId: string, audience: string): Promise<boolean> {
+    const denied = await this.#run((db, { consentRequests }) =>
+      db
+        .select({ id: consentRequests.id })
+        .from(consentRequests)
+        .where(
+          and(
+            eq(consentRequests.userId, userId),
+            eq(consentRequests.agentClientId, agentClientId),
+            eq(consentRequests.audience, audience),
+            eq(consentRequests.outcome, 'denied'),
+            gt(consentRequests.expiresAt, epoch()),
+          ),
+        )
+        .limit(1),
+    );
+    return denied.length > 0;
   }
 
-  findConsentRequest(id: string): ConsentRequest | undefined {
-    return this.#db.select().from(consentRequests).where(eq(consentRequests.id, id)).get();
+  async findConsentRequest(id: string): Promise<ConsentRequest | undefined> {
+    const [row] = await this.#run((db, { consentRequests }) =>
+      db.select().from(consentRequests).where(eq(consentRequests.id, id)),
+    );
+    return row;
   }
 
   /**
@@ -446,95 +408,98 @@ export class DelegationStore {
     id: string,
     outcome: 'approved' | 'denied',
     delegation: NewDelegation | null,
-  ): { request: ConsentRequest; delegation: Delegation | null } | 'already-delegated' | 'not-connected' | undefined {
-    return this.#db.transaction(
-      (tx) => {
-        const now = epoch();
-        const open = tx
-          .select({ id: consentRequests.id })
-          .from(consentRequests)
-          .where(
-            and(eq(consentRequests.id, id), isNull(consentRequests.outcome), gt(consentRequests.expiresAt, now)),
-          )
-          .get();
-        if (open === undefined) return undefined;
+  ): Promise<{ request: ConsentRequest; delegation: Delegation | null } | 'already-delegated' | 'not-connected' | undefined> {
+    return this.#exclusive(async (tx, t) => {
+      const { consentRequests } = t;
+      const now = epoch();
+      const [open] = await tx
+        .select({ id: consentRequests.id })
+        .from(consentRequests)
+        .where(and(eq(consentRequests.id, id), isNull(consentRequests.outcome), gt(consentRequests.expiresAt, now)));
+      if (open === undefined) return undefined;
 
-        let created: Delegation | null = null;
-        // Checked here too, in the transaction that writes: the person may have disconnected
-        // the agent while the service's metadata was being read for this approval.
-        if (delegation !== null && !this.isConnected(delegation.userId, delegation.agentClientId)) {
-          return 'not-connected';
-        }
-        if (delegation !== null) {
-          created = insertUnlessActive(tx, delegation, now) ?? null;
-          // The request stays open: the person may revoke the delegation they have and come back.
-          if (created === null) return 'already-delegated';
-        }
-        const request = tx
-          .update(consentRequests)
-          .set({ outcome, delegationId: created?.id ?? null })
-          .where(eq(consentRequests.id, id))
-          .returning()
-          .get() as ConsentRequest;
-        return { request, delegation: created };
-      },
-      { behavior: 'immediate' },
-    );
+      let created: Delegation | null = null;
+      // Checked here too, in the transaction that writes: the person may have disconnected
+      // the agent while the service's metadata was being read for this approval.
+      if (delegation !== null && !(await connectedIn(tx, t, delegation.userId, delegation.agentClientId, now))) {
+        return 'not-connected';
+      }
+      if (delegation !== null) {
+        created = (await insertUnlessActive(tx, t, delegation, now)) ?? null;
+        // The request stays open: the person may revoke the delegation they have and come back.
+        if (created === null) return 'already-delegated';
+      }
+      const [request] = await tx
+        .update(consentRequests)
+        .set({ outcome, delegationId: created?.id ?? null })
+        .where(eq(consentRequests.id, id))
+        .returning();
+      return { request: request as ConsentRequest, delegation: created };
+    });
   }
 
   // Services
 
-  cachedService(audience: string): Record<string, unknown> | undefined {
-    return this.#db
-      .select({ metadata: services.metadata })
-      .from(services)
-      .where(and(eq(services.audience, audience), gt(services.expiresAt, epoch())))
-      .get()?.metadata;
+  async cachedService(audience: string): Promise<Record<string, unknown> | undefined> {
+    const [row] = await this.#run((db, { services }) =>
+      db
+        .select({ metadata: services.metadata })
+        .from(services)
+        .where(and(eq(services.audience, audience), gt(services.expiresAt, epoch()))),
+    );
+    return row?.metadata;
   }
 
-  cacheService(audience: string, metadata: Record<string, unknown>, ttlSeconds: number): void {
+  async cacheService(audience: string, metadata: Record<string, unknown>, ttlSeconds: number): Promise<void> {
     const now = epoch();
     const values = { metadata, fetchedAt: now, expiresAt: now + ttlSeconds };
-    this.#db
-      .insert(services)
-      .values({ audience, ...values })
-      .onConflictDoUpdate({ target: services.audience, set: values })
-      .run();
+    await this.#run((db, { services }) =>
+      db
+        .insert(services)
+        .values({ audience, ...values })
+        .onConflictDoUpdate({ target: services.audience, set: values }),
+    );
   }
 
   // Agents at services
 
   /** The agent's client id at this service, if an administrator mapped one. */
-  serviceClientId(agentClientId: string, audience: string): string | undefined {
-    return this.#serviceClientId.get({ agentClientId, audience })?.clientId;
+  async serviceClientId(agentClientId: string, audience: string): Promise<string | undefined> {
+    return (await this.#serviceClientId({ agentClientId, audience }))[0]?.clientId;
   }
 
-  serviceClientIdsOf(agentClientId: string): { audience: string; clientId: string }[] {
-    return this.#db
-      .select({ audience: agentServiceClientIds.audience, clientId: agentServiceClientIds.clientId })
-      .from(agentServiceClientIds)
-      .where(eq(agentServiceClientIds.agentClientId, agentClientId))
-      .all();
+  serviceClientIdsOf(agentClientId: string): Promise<{ audience: string; clientId: string }[]> {
+    return this.#run((db, { agentServiceClientIds }) =>
+      db
+        .select({ audience: agentServiceClientIds.audience, clientId: agentServiceClientIds.clientId })
+        .from(agentServiceClientIds)
+        .where(eq(agentServiceClientIds.agentClientId, agentClientId)),
+    );
   }
 
-  mapServiceClientId(agentClientId: string, audience: string, clientId: string): void {
-    this.#db
-      .insert(agentServiceClientIds)
-      .values({ agentClientId, audience, clientId })
-      .onConflictDoUpdate({
-        target: [agentServiceClientIds.agentClientId, agentServiceClientIds.audience],
-        set: { clientId },
-      })
-      .run();
+  async mapServiceClientId(agentClientId: string, audience: string, clientId: string): Promise<void> {
+    await this.#run((db, { agentServiceClientIds }) =>
+      db
+        .insert(agentServiceClientIds)
+        .values({ agentClientId, audience, clientId })
+        .onConflictDoUpdate({
+          target: [agentServiceClientIds.agentClientId, agentServiceClientIds.audience],
+          set: { clientId },
+        }),
+    );
   }
 
   /** Removes the mapping; false if there was none. */
-  unmapServiceClientId(agentClientId: string, audience: string): boolean {
-    const removed = this.#db
-      .delete(agentServiceClientIds)
-      .where(and(eq(agentServiceClientIds.agentClientId, agentClientId), eq(agentServiceClientIds.audience, audience)))
-      .run();
-    return removed.changes > 0;
+  async unmapServiceClientId(agentClientId: string, audience: string): Promise<boolean> {
+    const removed = await this.#run((db, { agentServiceClientIds }) =>
+      db
+        .delete(agentServiceClientIds)
+        .where(
+          and(eq(agentServiceClientIds.agentClientId, agentClientId), eq(agentServiceClientIds.audience, audience)),
+        )
+        .returning({ clientId: agentServiceClientIds.clientId }),
+    );
+    return removed.length > 0;
   }
 
   // Client assertions
@@ -543,30 +508,37 @@ export class DelegationStore {
    * Records a client assertion's `jti`; false if this client already used it. The primary key
    * makes the check hold across processes (DESIGN 7).
    */
-  useClientAssertionJti(clientId: string, jti: string, expiresAt: number): boolean {
-    const result = this.#db
-      .insert(clientAssertionJtis)
-      .values({ clientId, jti, expiresAt })
-      .onConflictDoNothing()
-      .run();
-    return result.changes === 1;
+  async useClientAssertionJti(clientId: string, jti: string, expiresAt: number): Promise<boolean> {
+    const inserted = await this.#run((db, { clientAssertionJtis }) =>
+      db
+        .insert(clientAssertionJtis)
+        .values({ clientId, jti, expiresAt })
+        .onConflictDoNothing()
+        .returning({ jti: clientAssertionJtis.jti }),
+    );
+    return inserted.length === 1;
   }
 
   /** Forgets every discovered service: settings such as the loopback allowance may have changed. */
-  clearServiceCache(): void {
-    this.#db.delete(services).run();
+  async clearServiceCache(): Promise<void> {
+    await this.#run((db, { services }) => db.delete(services));
   }
 
   /** Delegations a mint could use now (the metrics gauge). */
-  countActive(): number {
-    return this.#db.select({ n: sql<number>`count(*)` }).from(delegations).where(usableAt(epoch())).get()?.n ?? 0;
+  async countActive(): Promise<number> {
+    const [row] = await this.#run((db, t) =>
+      db.select({ n: sql<number>`count(*)`.mapWith(Number) }).from(t.delegations).where(usableAt(t, epoch())),
+    );
+    return row?.n ?? 0;
   }
 
-  purgeExpired(): void {
+  async purgeExpired(): Promise<void> {
     const now = epoch();
-    this.#db.delete(clientAssertionJtis).where(lte(clientAssertionJtis.expiresAt, now)).run();
-    this.#db.delete(consentRequests).where(lte(consentRequests.expiresAt, now - 86400)).run();
-    this.#db.delete(services).where(lte(services.expiresAt, now)).run();
+    await this.#run(async (db, { clientAssertionJtis, consentRequests, services }) => {
+      await db.delete(clientAssertionJtis).where(lte(clientAssertionJtis.expiresAt, now));
+      await db.delete(consentRequests).where(lte(consentRequests.expiresAt, now - 86400));
+      await db.delete(services).where(lte(services.expiresAt, now));
+    });
   }
 }
 
@@ -575,38 +547,58 @@ export class DelegationStore {
  * transaction: the grants and every token issued under them are deleted, and the revocation
  * events queued.
  */
-function endConnections(tx: Executor, whichConnections: SQL, whichDelegations: SQL, now: number): Delegation[] {
-  const ended = tx
-    .update(connections)
+async function endConnections(
+  tx: Db,
+  t: Tables,
+  whichConnections: SQL,
+  whichDelegations: SQL,
+  now: number,
+): Promise<Delegation[]> {
+  const ended = await tx
+    .update(t.connections)
     .set({ disconnectedAt: now })
-    .where(and(whichConnections, isNull(connections.disconnectedAt)))
-    .returning({ grantId: connections.grantId })
-    .all();
-  deleteGrants(tx, ended);
+    .where(and(whichConnections, isNull(t.connections.disconnectedAt)))
+    .returning({ grantId: t.connections.grantId });
+  await deleteGrants(tx, t, ended);
 
-  const revoked = tx
-    .update(delegations)
+  const revoked = await tx
+    .update(t.delegations)
     .set({ revokedAt: now })
-    .where(and(whichDelegations, isNull(delegations.revokedAt)))
-    .returning()
-    .all();
-  enqueueRevocations(tx, revoked);
+    .where(and(whichDelegations, isNull(t.delegations.revokedAt)))
+    .returning();
+  await enqueueRevocations(tx, t, revoked);
   return revoked;
 }
 
 /** Deletes the grants of ended connections and every token issued under them. */
-function deleteGrants(tx: Executor, ended: { grantId: string | null }[]): void {
+async function deleteGrants(tx: Db, { oidcModels }: Tables, ended: { grantId: string | null }[]): Promise<void> {
   const grantIds = ended.map((c) => c.grantId).filter((g): g is string => g !== null);
   if (grantIds.length === 0) return;
-  tx.delete(oidcModels).where(inArray(oidcModels.grantId, grantIds)).run();
-  tx.delete(oidcModels)
-    .where(and(eq(oidcModels.model, 'Grant'), inArray(oidcModels.id, grantIds)))
-    .run();
+  await tx.delete(oidcModels).where(inArray(oidcModels.grantId, grantIds));
+  await tx.delete(oidcModels).where(and(eq(oidcModels.model, 'Grant'), inArray(oidcModels.id, grantIds)));
+}
+
+/** Whether the user and agent have a live connection, read inside the caller's transaction. */
+async function connectedIn(tx: Db, t: Tables, userId: string, agentClientId: string, now: number): Promise<boolean> {
+  const rows = await tx
+    .select({ id: t.connections.id })
+    .from(t.connections)
+    .innerJoin(t.oidcModels, grantLivesAt(t, now))
+    .where(
+      and(
+        eq(t.connections.userId, userId),
+        eq(t.connections.agentClientId, agentClientId),
+        isNull(t.connections.disconnectedAt),
+      ),
+    )
+    .limit(1);
+  return rows.length > 0;
 }
 
 /** Inserts the delegation if (user, agent, audience) has none active at `now`; see createDelegation. */
-function insertUnlessActive(tx: Executor, input: NewDelegation, now: number): Delegation | undefined {
-  const active = tx
+async function insertUnlessActive(tx: Db, t: Tables, input: NewDelegation, now: number): Promise<Delegation | undefined> {
+  const { delegations } = t;
+  const active = await tx
     .select({ id: delegations.id })
     .from(delegations)
     .where(
@@ -614,19 +606,20 @@ function insertUnlessActive(tx: Executor, input: NewDelegation, now: number): De
         eq(delegations.userId, input.userId),
         eq(delegations.agentClientId, input.agentClientId),
         eq(delegations.audience, input.audience),
-        usableAt(now),
+        usableAt(t, now),
       ),
     )
-    .get();
-  if (active !== undefined) return undefined;
-  return tx.insert(delegations).values({ id: newId('dlg'), ...input, createdAt: now }).returning().get();
+    .limit(1);
+  if (active.length > 0) return undefined;
+  const [created] = await tx.insert(delegations).values({ id: newId('dlg'), ...input, createdAt: now }).returning();
+  return created;
 }
 
 /**
  * The join of a connection to its oidc-provider grant while the grant lives: oidc-provider
  * deletes it when a code or rotated refresh token is used again, which ends the connection.
  */
-function grantLivesAt(now: number | Placeholder): SQL {
+function grantLivesAt({ oidcModels, connections }: Tables, now: number | Placeholder): SQL {
   return and(
     eq(oidcModels.model, 'Grant'),
     eq(oidcModels.id, connections.grantId),
@@ -635,7 +628,7 @@ function grantLivesAt(now: number | Placeholder): SQL {
 }
 
 /** A delegation that can still mint at `now`: not revoked, not consumed, not expired. */
-function usableAt(now: number | Placeholder): SQL {
+function usableAt({ delegations }: Tables, now: number | Placeholder): SQL {
   return and(
     isNull(delegations.revokedAt),
     isNull(delegations.consumedAt),

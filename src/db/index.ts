@@ -1,56 +1,243 @@
 /**
- * The SQLite connection: WAL, foreign keys, a busy timeout, and the migrations from drizzle/
- * applied before anything reads.
+ * The database: SQLite (a file, the default) or PostgreSQL (`DEPUTY_DB=postgres://…`, for
+ * several processes), behind one interface. The store modules write each query once, with
+ * drizzle's query builder, and only ever await it, which both drivers answer alike.
+ *
+ * Queries are typed against the SQLite tables (schema.ts). On PostgreSQL the same code is handed
+ * the tables of schema-pg.ts, whose row types schema-pg.ts checks, at compile time, to be the
+ * SQLite ones; so the one cast below changes no type a query returns.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import Database from 'better-sqlite3';
-import { drizzle, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
-import { migrate } from 'drizzle-orm/better-sqlite3/migrator';
+import SqliteDriver from 'better-sqlite3';
+import { sql } from 'drizzle-orm';
+import { drizzle as drizzleSqlite, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
+import { migrate as migrateSqlite } from 'drizzle-orm/better-sqlite3/migrator';
+import { drizzle as drizzlePg, type NodePgDatabase } from 'drizzle-orm/node-postgres';
+import { migrate as migratePg } from 'drizzle-orm/node-postgres/migrator';
+import pg from 'pg';
 import { ConfigError } from '../config.ts';
-import * as schema from './schema.ts';
+import * as sqliteSchema from './schema.ts';
+import * as pgSchema from './schema-pg.ts';
 
-export type Db = BetterSQLite3Database<typeof schema>;
-/** The database or a transaction on it: what a query helper inside a transaction takes. */
-export type Executor = Db | Parameters<Parameters<Db['transaction']>[0]>[0];
+export type Tables = typeof sqliteSchema;
+/** What queries are built on: the database, or a transaction on it. */
+export type Db = BetterSQLite3Database<Tables>;
+export type Dialect = 'sqlite' | 'postgres';
 
-export interface Connection {
-  db: Db;
-  sqlite: Database.Database;
-  close(): void;
+/** A select built once and run many times with placeholder values (see Database.prepared). */
+export interface Preparable<T> {
+  prepare(): { all(values?: Record<string, unknown>): T[] };
+}
+
+export interface Database {
+  readonly dialect: Dialect;
+  /** The tables, as this dialect declares them. */
+  readonly t: Tables;
+  /**
+   * Runs queries outside any transaction. On SQLite (one connection) it waits for an open
+   * transaction to end, so its statements never run inside someone else's.
+   */
+  run<T>(fn: (db: Db) => Promise<T>): Promise<T>;
+  /**
+   * A select prepared once, for the queries every token request makes: building a drizzle
+   * query costs more than running it (bench/mint.ts --profile). Not for use in a transaction,
+   * whose statements must go through its own handle. `name` names the statement on PostgreSQL.
+   */
+  prepared<T>(name: string, build: (db: Db, t: Tables) => Preparable<T>): (values: Record<string, unknown>) => Promise<T[]>;
+  /**
+   * Runs `fn` in a transaction. `exclusive` ones also run one at a time across every process
+   * on the database, for read-then-write decisions: SQLite's write lock (BEGIN IMMEDIATE) does
+   * that for every transaction; on PostgreSQL an advisory lock held until commit does.
+   */
+  transaction<T>(fn: (tx: Db) => Promise<T>, options?: { exclusive?: boolean }): Promise<T>;
+  /** Applies every migration this database has not seen. */
+  migrate(): Promise<void>;
+  /** A trivial query, for /readyz. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
 }
 
 const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../../drizzle');
 
-export function openDatabase(path: string): Connection {
-  if (path !== ':memory:') {
-    mkdirSync(dirname(resolve(path)), { recursive: true });
-    // A new database is the owner's alone (SQLite gives its -wal and -shm files the same mode).
-    if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
+/** Whether DEPUTY_DB names a PostgreSQL server rather than a SQLite file. */
+export function isPostgresUrl(value: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(value);
+}
+
+/** Opens the database DEPUTY_DB names, turning a failure into a one-line ConfigError. */
+export async function openDatabaseOrExplain(location: string): Promise<Database> {
+  if (isPostgresUrl(location)) {
+    const database = new PostgresDatabase(location);
+    try {
+      await database.ping();
+      return database;
+    } catch (error) {
+      await database.close();
+      throw new ConfigError(`DEPUTY_DB: cannot connect to PostgreSQL at ${redactUrl(location)}: ${reason(error)}`);
+    }
+  }
+  try {
+    return new SqliteDatabase(location);
+  } catch (error) {
+    throw new ConfigError(`DEPUTY_DB: cannot open the SQLite database '${location}': ${reason(error)}`);
+  }
+}
+
+/** The URL without its password, for messages. */
+export function redactUrl(location: string): string {
+  try {
+    const url = new URL(location);
+    if (url.password !== '') url.password = '***';
+    return url.toString();
+  } catch {
+    return 'the configured URL';
+  }
+}
+
+function reason(error: unknown): string {
+  if (error instanceof AggregateError && error.errors.length > 0) return reason(error.errors[0]);
+  return error instanceof Error ? error.message || error.constructor.name : String(error);
+}
+
+/**
+ * One better-sqlite3 connection. Its calls are synchronous, but a transaction written with
+ * awaits lets other requests run between its statements; the queue makes them wait, so no
+ * statement lands inside a transaction it is not part of.
+ */
+export class SqliteDatabase implements Database {
+  readonly dialect = 'sqlite' as const;
+  readonly t = sqliteSchema;
+  readonly driver: SqliteDriver.Database;
+  readonly #db: Db;
+  #tail: Promise<unknown> = Promise.resolve();
+  readonly #holding = new AsyncLocalStorage<true>();
+
+  constructor(path: string) {
+    if (path !== ':memory:') {
+      mkdirSync(dirname(resolve(path)), { recursive: true });
+      // A new database is the owner's alone (SQLite gives its -wal and -shm files the same mode).
+      if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
+    }
+    this.driver = new SqliteDriver(path);
+    this.driver.pragma('journal_mode = WAL');
+    this.driver.pragma('foreign_keys = ON');
+    this.driver.pragma('busy_timeout = 5000');
+    this.driver.pragma('synchronous = NORMAL');
+    this.#db = drizzleSqlite(this.driver, { schema: sqliteSchema });
   }
 
-  const sqlite = new Database(path);
-  sqlite.pragma('journal_mode = WAL');
-  sqlite.pragma('foreign_keys = ON');
-  sqlite.pragma('busy_timeout = 5000');
-  sqlite.pragma('synchronous = NORMAL');
+  run<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+    return this.#queued(() => fn(this.#db));
+  }
 
-  const db = drizzle(sqlite, { schema });
-  return { db, sqlite, close: () => sqlite.close() };
+  prepared<T>(_name: string, build: (db: Db, t: Tables) => Preparable<T>): (values: Record<string, unknown>) => Promise<T[]> {
+    const statement = build(this.#db, this.t).prepare();
+    return (values) => this.#queued(async () => statement.all(values));
+  }
+
+  transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
+    return this.#queued(async () => {
+      // IMMEDIATE takes the write lock at once, so another process's transaction cannot slip
+      // between this one's reads and writes.
+      this.driver.exec('BEGIN IMMEDIATE');
+      try {
+        const result = await fn(this.#db);
+        this.driver.exec('COMMIT');
+        return result;
+      } catch (error) {
+        if (this.driver.inTransaction) this.driver.exec('ROLLBACK');
+        throw error;
+      }
+    });
+  }
+
+  async migrate(): Promise<void> {
+    await this.#queued(async () => migrateSqlite(this.#db, { migrationsFolder: `${MIGRATIONS}/sqlite` }));
+  }
+
+  async ping(): Promise<void> {
+    await this.#queued(async () => this.driver.prepare('select 1').get());
+  }
+
+  async close(): Promise<void> {
+    await this.#tail.catch(() => undefined);
+    this.driver.close();
+  }
+
+  #queued<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#holding.getStore() === true) {
+      // Waiting here would wait for itself: the caller is inside a transaction and must use
+      // the handle it was given.
+      return Promise.reject(new Error('database used outside the transaction that is running'));
+    }
+    const result = this.#tail.then(() => this.#holding.run(true, fn));
+    this.#tail = result.catch(() => undefined);
+    return result;
+  }
 }
 
-/** Applies every migration in drizzle/ that this database has not seen. */
-export function migrateDatabase(connection: Connection): void {
-  migrate(connection.db, { migrationsFolder: MIGRATIONS });
+interface PgPreparable<T> {
+  prepare(name: string): { execute(values?: Record<string, unknown>): Promise<T[]> };
 }
 
-/** Opens the database, turning a path that cannot be opened into a one-line ConfigError. */
-export function openDatabaseOrExplain(path: string): Connection {
-  try {
-    return openDatabase(path);
-  } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    throw new ConfigError(`DEPUTY_DB: cannot open the SQLite database '${path}': ${reason}`);
+/** A key of Deputy's own for pg_advisory_xact_lock: "dpty" in ASCII. */
+const EXCLUSIVE_LOCK = 0x64707479;
+/** Another, held by the process applying migrations so that processes starting at once take turns. */
+const MIGRATION_LOCK = 0x64707480;
+
+export class PostgresDatabase implements Database {
+  readonly dialect = 'postgres' as const;
+  readonly t = pgSchema as unknown as Tables;
+  readonly pool: pg.Pool;
+  readonly #db: NodePgDatabase<typeof pgSchema>;
+
+  constructor(url: string) {
+    this.pool = new pg.Pool({ connectionString: url, max: 10, connectionTimeoutMillis: 10_000 });
+    // An idle client losing its connection must not crash the process; the next query reconnects.
+    this.pool.on('error', () => undefined);
+    this.#db = drizzlePg(this.pool, { schema: pgSchema });
+  }
+
+  run<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+    return fn(this.#db as unknown as Db);
+  }
+
+  prepared<T>(name: string, build: (db: Db, t: Tables) => Preparable<T>): (values: Record<string, unknown>) => Promise<T[]> {
+    // The builder is PostgreSQL's at run time, whose prepare takes the statement's name.
+    const builder = build(this.#db as unknown as Db, this.t) as unknown as PgPreparable<T>;
+    const statement = builder.prepare(`deputy_${name}`);
+    return (values) => statement.execute(values);
+  }
+
+  transaction<T>(fn: (tx: Db) => Promise<T>, options: { exclusive?: boolean } = {}): Promise<T> {
+    return this.#db.transaction(async (tx) => {
+      if (options.exclusive === true) await tx.execute(sql`select pg_advisory_xact_lock(${EXCLUSIVE_LOCK})`);
+      return fn(tx as unknown as Db);
+    });
+  }
+
+  async migrate(): Promise<void> {
+    const client = await this.pool.connect();
+    try {
+      await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK]);
+      try {
+        await migratePg(drizzlePg(client), { migrationsFolder: `${MIGRATIONS}/pg` });
+      } finally {
+        await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]);
+      }
+    } finally {
+      client.release();
+    }
+  }
+
+  async ping(): Promise<void> {
+    await this.pool.query('select 1');
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
   }
 }

@@ -1,13 +1,12 @@
 /**
- * oidc-provider's storage in SQLite. One adapter class serves every model: `Client` reads the
+ * oidc-provider's storage in Deputy's database. One adapter class serves every model: `Client` reads the
  * agent registry; everything else (sessions, grants, codes, tokens, interactions, device codes)
  * is a row of `oidc_models` keyed by (model, id), with the secondary lookups the interface
  * needs (grant id, user code, uid) on indexes.
  */
-import { and, eq, lte, sql } from 'drizzle-orm';
-import type { Adapter, AdapterPayload } from 'oidc-provider';
-import type { Db } from './index.ts';
-import { oidcModels } from './schema.ts';
+import { and, eq, isNull, lte, or, sql } from 'drizzle-orm';
+import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
+import type { Database } from './index.ts';
 import { epoch, sha256, type Agent } from './store.ts';
 
 /**
@@ -23,27 +22,31 @@ const HASHED_MODELS = new Set(['AccessToken', 'AuthorizationCode', 'RefreshToken
 export type ClientMetadataOf = (agent: Agent) => AdapterPayload;
 
 export function createAdapter(
-  db: Db,
-  findAgent: (clientId: string) => Agent | undefined,
+  database: Database,
+  findAgent: (clientId: string) => Promise<Agent | undefined>,
   clientMetadataOf: ClientMetadataOf,
 ): new (name: string) => Adapter {
-  const byId = db
-    .select()
-    .from(oidcModels)
-    .where(and(eq(oidcModels.model, sql.placeholder('model')), eq(oidcModels.id, sql.placeholder('id'))))
-    .prepare();
-  const byUid = db
-    .select()
-    .from(oidcModels)
-    .where(and(eq(oidcModels.model, sql.placeholder('model')), eq(oidcModels.uid, sql.placeholder('uid'))))
-    .prepare();
-  const byUserCode = db
-    .select()
-    .from(oidcModels)
-    .where(
-      and(eq(oidcModels.model, sql.placeholder('model')), eq(oidcModels.userCode, sql.placeholder('userCode'))),
-    )
-    .prepare();
+  const { oidcModels } = database.t;
+  const byId = database.prepared('oidc_by_id', (db) =>
+    db
+      .select()
+      .from(oidcModels)
+      .where(and(eq(oidcModels.model, sql.placeholder('model')), eq(oidcModels.id, sql.placeholder('id')))),
+  );
+  const byUid = database.prepared('oidc_by_uid', (db) =>
+    db
+      .select()
+      .from(oidcModels)
+      .where(and(eq(oidcModels.model, sql.placeholder('model')), eq(oidcModels.uid, sql.placeholder('uid')))),
+  );
+  const byUserCode = database.prepared('oidc_by_user_code', (db) =>
+    db
+      .select()
+      .from(oidcModels)
+      .where(
+        and(eq(oidcModels.model, sql.placeholder('model')), eq(oidcModels.userCode, sql.placeholder('userCode'))),
+      ),
+  );
 
   function live(row: typeof oidcModels.$inferSelect | undefined): AdapterPayload | undefined {
     if (row === undefined) return undefined;
@@ -51,7 +54,7 @@ export function createAdapter(
     return row.consumedAt === null ? row.payload : { ...row.payload, consumed: row.consumedAt };
   }
 
-  return class SqliteAdapter implements Adapter {
+  return class DatabaseAdapter implements Adapter {
     readonly model: string;
     readonly #hashed: boolean;
 
@@ -78,51 +81,82 @@ export function createAdapter(
         uid: payload.uid ?? null,
         expiresAt: expiresIn ? epoch() + expiresIn : null,
       };
-      db.insert(oidcModels)
-        .values({ model: this.model, id: this.#key(id), ...values })
-        .onConflictDoUpdate({ target: [oidcModels.model, oidcModels.id], set: values })
-        .run();
+      await database.run((db) =>
+        db
+          .insert(oidcModels)
+          .values({ model: this.model, id: this.#key(id), ...values })
+          .onConflictDoUpdate({ target: [oidcModels.model, oidcModels.id], set: values }),
+      );
     }
 
     async find(id: string): Promise<AdapterPayload | undefined> {
       if (this.model === 'Client') {
-        const agent = findAgent(id);
+        const agent = await findAgent(id);
         return agent === undefined ? undefined : clientMetadataOf(agent);
       }
-      const found = live(byId.get({ model: this.model, id: this.#key(id) }));
+      const [row] = await byId({ model: this.model, id: this.#key(id) });
+      const found = live(row);
       return found !== undefined && this.#hashed ? { ...found, jti: id } : found;
     }
 
     async findByUid(uid: string): Promise<AdapterPayload | undefined> {
-      return live(byUid.get({ model: this.model, uid }));
+      return live((await byUid({ model: this.model, uid }))[0]);
     }
 
     async findByUserCode(userCode: string): Promise<AdapterPayload | undefined> {
-      return live(byUserCode.get({ model: this.model, userCode }));
+      return live((await byUserCode({ model: this.model, userCode }))[0]);
     }
 
+    /**
+     * Marks a code or token used, once. oidc-provider reads `consumed` before it calls this,
+     * so two requests (in two processes, say) presenting the same code or refresh token at once
+     * would both pass its check; only one of them changes the row here. The other is treated
+     * as the reuse it is: the grant and its tokens are revoked and the request refused, as
+     * oidc-provider does when it sees the reuse itself.
+     */
     async consume(id: string): Promise<void> {
-      db.update(oidcModels)
-        .set({ consumedAt: epoch() })
-        .where(and(eq(oidcModels.model, this.model), eq(oidcModels.id, this.#key(id))))
-        .run();
+      const key = this.#key(id);
+      const which = and(eq(oidcModels.model, this.model), eq(oidcModels.id, key));
+      const consumed = await database.run((db) =>
+        db
+          .update(oidcModels)
+          .set({ consumedAt: epoch() })
+          .where(and(which, isNull(oidcModels.consumedAt)))
+          .returning({ id: oidcModels.id }),
+      );
+      if (consumed.length === 1) return;
+
+      const [row] = await database.run((db) => db.select({ grantId: oidcModels.grantId }).from(oidcModels).where(which));
+      if (row?.grantId != null) await revokeGrant(database, row.grantId);
+      throw new errors.InvalidGrant(`${this.model === 'RefreshToken' ? 'refresh token' : 'grant'} already used`);
     }
 
     async destroy(id: string): Promise<void> {
-      db.delete(oidcModels)
-        .where(and(eq(oidcModels.model, this.model), eq(oidcModels.id, this.#key(id))))
-        .run();
+      await database.run((db) =>
+        db.delete(oidcModels).where(and(eq(oidcModels.model, this.model), eq(oidcModels.id, this.#key(id)))),
+      );
     }
 
     async revokeByGrantId(grantId: string): Promise<void> {
-      db.delete(oidcModels)
-        .where(and(eq(oidcModels.model, this.model), eq(oidcModels.grantId, grantId)))
-        .run();
+      await database.run((db) =>
+        db.delete(oidcModels).where(and(eq(oidcModels.model, this.model), eq(oidcModels.grantId, grantId))),
+      );
     }
   };
 }
 
+/** Deletes a grant and everything issued under it, which also ends its connection. */
+async function revokeGrant(database: Database, grantId: string): Promise<void> {
+  const { oidcModels } = database.t;
+  await database.run((db) =>
+    db
+      .delete(oidcModels)
+      .where(or(eq(oidcModels.grantId, grantId), and(eq(oidcModels.model, 'Grant'), eq(oidcModels.id, grantId)))),
+  );
+}
+
 /** Deletes expired rows; oidc-provider only ever reads live ones. */
-export function purgeExpiredModels(db: Db): void {
-  db.delete(oidcModels).where(lte(oidcModels.expiresAt, epoch())).run();
+export async function purgeExpiredModels(database: Database): Promise<void> {
+  const { oidcModels } = database.t;
+  await database.run((db) => db.delete(oidcModels).where(lte(oidcModels.expiresAt, epoch())));
 }

@@ -5,8 +5,8 @@
  * delivery is at least once.
  */
 import { and, asc, desc, eq, inArray, isNull, lte, or, sql } from 'drizzle-orm';
-import type { Db, Executor } from './index.ts';
-import { revocationEvents, type EventDialect } from './schema.ts';
+import type { Database, Db, Tables } from './index.ts';
+import type { EventDialect, revocationEvents } from './schema.ts';
 import { newId } from './store.ts';
 
 export type RevocationEvent = typeof revocationEvents.$inferSelect;
@@ -59,7 +59,12 @@ export function transportFor(
  * received at least one ID-JAG under the revoked delegations. Services that publish no
  * revocation endpoint get a row marked failed, so the person sees why nothing was sent.
  */
-export function enqueueRevocations(tx: Executor, revoked: RevokedDelegation[], nowMs = Date.now()): number {
+export async function enqueueRevocations(
+  tx: Db,
+  { revocationEvents }: Tables,
+  revoked: RevokedDelegation[],
+  nowMs = Date.now(),
+): Promise<number> {
   const seen = new Set<string>();
   let count = 0;
 
@@ -73,7 +78,8 @@ export function enqueueRevocations(tx: Executor, revoked: RevokedDelegation[], n
     seen.add(key);
 
     const transport = transportFor(delegation.serviceAgentAuth);
-    tx.insert(revocationEvents)
+    await tx
+      .insert(revocationEvents)
       .values({
         id: newId('evt'),
         delegationId: delegation.id,
@@ -87,103 +93,110 @@ export function enqueueRevocations(tx: Executor, revoked: RevokedDelegation[], n
         lastError: transport === null ? 'the service publishes no revocation endpoint' : null,
         nextAttemptMs: nowMs,
         createdAt: Math.floor(nowMs / 1000),
-      })
-      .run();
+      });
     count += 1;
   }
   return count;
 }
 
 export class OutboxStore {
-  readonly #db: Db;
+  readonly #database: Database;
 
-  constructor(db: Db) {
-    this.#db = db;
+  constructor(database: Database) {
+    this.#database = database;
+  }
+
+  #run<T>(fn: (db: Db, t: Tables) => Promise<T>): Promise<T> {
+    return this.#database.run((db) => fn(db, this.#database.t));
   }
 
   /**
    * Takes up to `limit` due events for one delivery attempt each, leasing them until
-   * `leaseMs` from now. One immediate transaction: two workers never claim the same row.
+   * `leaseMs` from now. Two workers, in any process, never claim the same row: the update
+   * re-checks the lease of each row as committed, so a row another worker leased meanwhile
+   * is left out of what this one gets back.
    */
-  claimDue(limit: number, leaseMs: number, nowMs = Date.now()): RevocationEvent[] {
-    return this.#db.transaction(
-      (tx) => {
-        const due = tx
-          .select({ id: revocationEvents.id })
-          .from(revocationEvents)
-          .where(
-            and(
-              eq(revocationEvents.state, 'pending'),
-              lte(revocationEvents.nextAttemptMs, nowMs),
-              or(isNull(revocationEvents.leaseUntilMs), lte(revocationEvents.leaseUntilMs, nowMs)),
-            ),
-          )
-          .orderBy(asc(revocationEvents.nextAttemptMs))
-          .limit(limit)
-          .all();
-        if (due.length === 0) return [];
+  claimDue(limit: number, leaseMs: number, nowMs = Date.now()): Promise<RevocationEvent[]> {
+    return this.#database.transaction(async (tx) => {
+      const { revocationEvents } = this.#database.t;
+      const claimable = and(
+        eq(revocationEvents.state, 'pending'),
+        lte(revocationEvents.nextAttemptMs, nowMs),
+        or(isNull(revocationEvents.leaseUntilMs), lte(revocationEvents.leaseUntilMs, nowMs)),
+      );
+      const due = await tx
+        .select({ id: revocationEvents.id })
+        .from(revocationEvents)
+        .where(claimable)
+        .orderBy(asc(revocationEvents.nextAttemptMs))
+        .limit(limit);
+      if (due.length === 0) return [];
 
-        return tx
-          .update(revocationEvents)
-          .set({ leaseUntilMs: nowMs + leaseMs, attempts: sql`${revocationEvents.attempts} + 1` })
-          .where(inArray(revocationEvents.id, due.map((row) => row.id)))
-          .returning()
-          .all();
-      },
-      { behavior: 'immediate' },
-    );
+      return tx
+        .update(revocationEvents)
+        .set({ leaseUntilMs: nowMs + leaseMs, attempts: sql`${revocationEvents.attempts} + 1` })
+        .where(and(inArray(revocationEvents.id, due.map((row) => row.id)), claimable))
+        .returning();
+    });
   }
 
-  delivered(id: string, nowMs = Date.now()): void {
-    this.#settle(id, { state: 'delivered', deliveredAt: Math.floor(nowMs / 1000), lastError: null });
+  delivered(id: string, nowMs = Date.now()): Promise<void> {
+    return this.#settle(id, { state: 'delivered', deliveredAt: Math.floor(nowMs / 1000), lastError: null });
   }
 
-  failed(id: string, reason: string): void {
-    this.#settle(id, { state: 'failed', lastError: reason });
+  failed(id: string, reason: string): Promise<void> {
+    return this.#settle(id, { state: 'failed', lastError: reason });
   }
 
-  retryAt(id: string, nextAttemptMs: number, reason: string): void {
-    this.#settle(id, { nextAttemptMs, lastError: reason });
+  retryAt(id: string, nextAttemptMs: number, reason: string): Promise<void> {
+    return this.#settle(id, { nextAttemptMs, lastError: reason });
   }
 
   /** The soonest time a pending event is due, for the worker's next wake-up. */
-  nextDueMs(): number | undefined {
-    return this.#db
-      .select({ next: sql<number>`min(${revocationEvents.nextAttemptMs})` })
-      .from(revocationEvents)
-      .where(eq(revocationEvents.state, 'pending'))
-      .get()?.next ?? undefined;
+  async nextDueMs(): Promise<number | undefined> {
+    const [row] = await this.#run((db, { revocationEvents }) =>
+      db
+        .select({ next: sql<number | null>`min(${revocationEvents.nextAttemptMs})`.mapWith(Number) })
+        .from(revocationEvents)
+        .where(eq(revocationEvents.state, 'pending')),
+    );
+    return row?.next ?? undefined;
   }
 
-  forDelegations(ids: string[]): RevocationEvent[] {
+  async forDelegations(ids: string[]): Promise<RevocationEvent[]> {
     if (ids.length === 0) return [];
-    return this.#db
-      .select()
-      .from(revocationEvents)
-      .where(inArray(revocationEvents.delegationId, ids))
-      .orderBy(desc(revocationEvents.createdAt))
-      .all();
+    return this.#run((db, { revocationEvents }) =>
+      db
+        .select()
+        .from(revocationEvents)
+        .where(inArray(revocationEvents.delegationId, ids))
+        .orderBy(desc(revocationEvents.createdAt)),
+    );
   }
 
   /** How many events are in each state (the metrics gauge). */
-  countByState(): Record<string, number> {
-    const rows = this.#db
-      .select({ state: revocationEvents.state, n: sql<number>`count(*)` })
-      .from(revocationEvents)
-      .groupBy(revocationEvents.state)
-      .all();
+  async countByState(): Promise<Record<string, number>> {
+    const rows = await this.#run((db, { revocationEvents }) =>
+      db
+        .select({ state: revocationEvents.state, n: sql<number>`count(*)`.mapWith(Number) })
+        .from(revocationEvents)
+        .groupBy(revocationEvents.state),
+    );
     return Object.fromEntries(rows.map((row) => [row.state, row.n]));
   }
 
-  list(limit = 100): RevocationEvent[] {
-    return this.#db.select().from(revocationEvents).orderBy(desc(revocationEvents.createdAt)).limit(limit).all();
+  list(limit = 100): Promise<RevocationEvent[]> {
+    return this.#run((db, { revocationEvents }) =>
+      db.select().from(revocationEvents).orderBy(desc(revocationEvents.createdAt)).limit(limit),
+    );
   }
 
-  #settle(id: string, values: Partial<RevocationEvent>): void {
-    this.#db
-      .update(revocationEvents)
-      .set({ ...values, leaseUntilMs: null })
-      .where(and(eq(revocationEvents.id, id), eq(revocationEvents.state, 'pending')))
-      .run();
+  async #settle(id: string, values: Partial<RevocationEvent>): Promise<void> {
+    await this.#run((db, { revocationEvents }) =>
+      db
+        .update(revocationEvents)
+        .set({ ...values, leaseUntilMs: null })
+        .where(and(eq(revocationEvents.id, id), eq(revocationEvents.state, 'pending'))),
+    );
   }
 }

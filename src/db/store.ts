@@ -4,15 +4,8 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { and, asc, eq, gt, isNull, lte, sql } from 'drizzle-orm';
-import type { Db } from './index.ts';
-import {
-  agents,
-  loginAttempts,
-  sessions,
-  signingKeys,
-  upstreamIdentities,
-  users,
-} from './schema.ts';
+import type { Database, Db, Tables } from './index.ts';
+import type { agents, loginAttempts, signingKeys, users } from './schema.ts';
 
 export type User = typeof users.$inferSelect;
 export type Agent = typeof agents.$inferSelect;
@@ -46,181 +39,219 @@ export interface UpstreamProfile {
 }
 
 export class Store {
-  readonly db: Db;
-  // The queries every token request makes, prepared once: building and preparing a drizzle
-  // query costs more than running it (bench/mint.ts --profile).
+  readonly database: Database;
+  /** The transaction this store is bound to, if it is one (see exclusive). */
+  readonly #tx: Db | undefined;
   readonly #findAgent;
   readonly #findUser;
   readonly #findSessionUser;
 
-  constructor(db: Db) {
-    this.db = db;
-    this.#findAgent = db
-      .select()
-      .from(agents)
-      .where(and(eq(agents.clientId, sql.placeholder('clientId')), isNull(agents.removedAt)))
-      .prepare();
-    this.#findUser = db
-      .select()
-      .from(users)
-      .where(and(eq(users.id, sql.placeholder('id')), isNull(users.removedAt)))
-      .prepare();
-    this.#findSessionUser = db
-      .select({ user: users })
-      .from(sessions)
-      .innerJoin(users, eq(users.id, sessions.userId))
-      .where(
-        and(
-          eq(sessions.idHash, sql.placeholder('idHash')),
-          gt(sessions.expiresAt, sql.placeholder('now')),
-          isNull(users.removedAt),
+  constructor(database: Database, tx?: Db) {
+    this.database = database;
+    this.#tx = tx;
+    if (tx !== undefined) {
+      // A transaction's store runs its queries through the transaction, never prepared ones.
+      this.#findAgent = this.#findUser = this.#findSessionUser = undefined;
+      return;
+    }
+    this.#findAgent = database.prepared('find_agent', (db, { agents }) =>
+      db
+        .select()
+        .from(agents)
+        .where(and(eq(agents.clientId, sql.placeholder('clientId')), isNull(agents.removedAt))),
+    );
+    this.#findUser = database.prepared('find_user', (db, { users }) =>
+      db
+        .select()
+        .from(users)
+        .where(and(eq(users.id, sql.placeholder('id')), isNull(users.removedAt))),
+    );
+    this.#findSessionUser = database.prepared('find_session_user', (db, { sessions, users }) =>
+      db
+        .select({ user: users })
+        .from(sessions)
+        .innerJoin(users, eq(users.id, sessions.userId))
+        .where(
+          and(
+            eq(sessions.idHash, sql.placeholder('idHash')),
+            gt(sessions.expiresAt, sql.placeholder('now')),
+            isNull(users.removedAt),
+          ),
         ),
-      )
-      .prepare();
+    );
+  }
+
+  /** Runs queries on the transaction this store is bound to, or on the database. */
+  #q<T>(fn: (db: Db, t: Tables) => Promise<T>): Promise<T> {
+    const t = this.database.t;
+    return this.#tx !== undefined ? fn(this.#tx, t) : this.database.run((db) => fn(db, t));
   }
 
   // Users
 
   /**
    * Finds the user by their upstream identity or creates one, and records the claims of this
-   * sign-in. One transaction, so two simultaneous first sign-ins make one user.
+   * sign-in. One exclusive transaction, so two simultaneous first sign-ins make one user.
    */
-  upsertUpstreamUser(issuer: string, subject: string, profile: UpstreamProfile): User {
-    return this.db.transaction(
-      (tx) => {
-        const link = tx
+  upsertUpstreamUser(issuer: string, subject: string, profile: UpstreamProfile): Promise<User> {
+    return this.database.transaction(
+      async (tx) => {
+        const { upstreamIdentities, users } = this.database.t;
+        const [link] = await tx
           .select({ userId: upstreamIdentities.userId })
           .from(upstreamIdentities)
-          .where(and(eq(upstreamIdentities.issuer, issuer), eq(upstreamIdentities.subject, subject)))
-          .get();
+          .where(and(eq(upstreamIdentities.issuer, issuer), eq(upstreamIdentities.subject, subject)));
 
         const values = { ...profile, updatedAt: epoch() };
         if (link !== undefined) {
-          return tx.update(users).set(values).where(eq(users.id, link.userId)).returning().get();
+          const [updated] = await tx.update(users).set(values).where(eq(users.id, link.userId)).returning();
+          return updated as User;
         }
 
-        const user = tx.insert(users).values({ id: newId('usr'), ...values }).returning().get();
-        tx.insert(upstreamIdentities).values({ issuer, subject, userId: user.id }).run();
-        return user;
+        const [user] = await tx.insert(users).values({ id: newId('usr'), ...values }).returning();
+        await tx.insert(upstreamIdentities).values({ issuer, subject, userId: (user as User).id });
+        return user as User;
       },
-      { behavior: 'immediate' },
+      { exclusive: true },
     );
   }
 
   /** A user who has not been removed. */
-  findUser(id: string): User | undefined {
-    return this.#findUser.get({ id });
+  async findUser(id: string): Promise<User | undefined> {
+    if (this.#findUser !== undefined) return (await this.#findUser({ id }))[0];
+    return this.#q(async (db, { users }) => {
+      const [user] = await db.select().from(users).where(and(eq(users.id, id), isNull(users.removedAt)));
+      return user;
+    });
   }
 
-  listUsers(): User[] {
-    return this.db.select().from(users).where(isNull(users.removedAt)).orderBy(asc(users.createdAt)).all();
+  listUsers(): Promise<User[]> {
+    return this.#q((db, { users }) =>
+      db.select().from(users).where(isNull(users.removedAt)).orderBy(asc(users.createdAt)),
+    );
   }
 
-  upstreamIdentitiesOf(userId: string): { issuer: string; subject: string }[] {
-    return this.db
-      .select({ issuer: upstreamIdentities.issuer, subject: upstreamIdentities.subject })
-      .from(upstreamIdentities)
-      .where(eq(upstreamIdentities.userId, userId))
-      .all();
+  upstreamIdentitiesOf(userId: string): Promise<{ issuer: string; subject: string }[]> {
+    return this.#q((db, { upstreamIdentities }) =>
+      db
+        .select({ issuer: upstreamIdentities.issuer, subject: upstreamIdentities.subject })
+        .from(upstreamIdentities)
+        .where(eq(upstreamIdentities.userId, userId)),
+    );
   }
 
   // Sessions
 
   /** Creates a session and returns the id for the cookie; only its hash is stored. */
-  createSession(userId: string, ttlSeconds: number): string {
+  async createSession(userId: string, ttlSeconds: number): Promise<string> {
     const id = randomBytes(32).toString('base64url');
-    this.db
-      .insert(sessions)
-      .values({ idHash: sha256(id), userId, expiresAt: epoch() + ttlSeconds })
-      .run();
+    await this.#q((db, { sessions }) =>
+      db.insert(sessions).values({ idHash: sha256(id), userId, expiresAt: epoch() + ttlSeconds }),
+    );
     return id;
   }
 
-  findSessionUser(sessionId: string): User | undefined {
-    return this.#findSessionUser.get({ idHash: sha256(sessionId), now: epoch() })?.user;
+  async findSessionUser(sessionId: string): Promise<User | undefined> {
+    const values = { idHash: sha256(sessionId), now: epoch() };
+    if (this.#findSessionUser !== undefined) return (await this.#findSessionUser(values))[0]?.user;
+    return this.#q(async (db, { sessions, users }) => {
+      const [row] = await db
+        .select({ user: users })
+        .from(sessions)
+        .innerJoin(users, eq(users.id, sessions.userId))
+        .where(and(eq(sessions.idHash, values.idHash), gt(sessions.expiresAt, values.now), isNull(users.removedAt)));
+      return row?.user;
+    });
   }
 
-  deleteSession(sessionId: string): void {
-    this.db.delete(sessions).where(eq(sessions.idHash, sha256(sessionId))).run();
+  async deleteSession(sessionId: string): Promise<void> {
+    await this.#q((db, { sessions }) => db.delete(sessions).where(eq(sessions.idHash, sha256(sessionId))));
   }
 
   // Sign-in attempts
 
-  saveLoginAttempt(state: string, attempt: Omit<LoginAttempt, 'stateHash'>): void {
-    this.db
-      .insert(loginAttempts)
-      .values({ stateHash: sha256(state), ...attempt })
-      .run();
+  async saveLoginAttempt(state: string, attempt: Omit<LoginAttempt, 'stateHash'>): Promise<void> {
+    await this.#q((db, { loginAttempts }) =>
+      db.insert(loginAttempts).values({ stateHash: sha256(state), ...attempt }),
+    );
   }
 
   /** Returns the attempt for this state and deletes it, so each state finishes at most once. */
-  takeLoginAttempt(state: string): LoginAttempt | undefined {
-    const row = this.db
-      .delete(loginAttempts)
-      .where(eq(loginAttempts.stateHash, sha256(state)))
-      .returning()
-      .get();
+  async takeLoginAttempt(state: string): Promise<LoginAttempt | undefined> {
+    const [row] = await this.#q((db, { loginAttempts }) =>
+      db.delete(loginAttempts).where(eq(loginAttempts.stateHash, sha256(state))).returning(),
+    );
     if (row === undefined || row.expiresAt <= epoch()) return undefined;
     return row;
   }
 
   /** Drops expired sessions and sign-in attempts. */
-  purgeExpired(): void {
+  async purgeExpired(): Promise<void> {
     const now = epoch();
-    this.db.delete(sessions).where(lte(sessions.expiresAt, now)).run();
-    this.db.delete(loginAttempts).where(lte(loginAttempts.expiresAt, now)).run();
+    await this.#q(async (db, { sessions, loginAttempts }) => {
+      await db.delete(sessions).where(lte(sessions.expiresAt, now));
+      await db.delete(loginAttempts).where(lte(loginAttempts.expiresAt, now));
+    });
   }
 
   // Agents
 
-  insertAgent(agent: NewAgent): Agent {
-    return this.db.insert(agents).values(agent).returning().get();
+  async insertAgent(agent: NewAgent): Promise<Agent> {
+    const [inserted] = await this.#q((db, { agents }) => db.insert(agents).values(agent).returning());
+    return inserted as Agent;
   }
 
   /** A registered agent that has not been removed. */
-  findAgent(clientId: string): Agent | undefined {
-    return this.#findAgent.get({ clientId });
+  async findAgent(clientId: string): Promise<Agent | undefined> {
+    if (this.#findAgent !== undefined) return (await this.#findAgent({ clientId }))[0];
+    return this.#q(async (db, { agents }) => {
+      const [agent] = await db
+        .select()
+        .from(agents)
+        .where(and(eq(agents.clientId, clientId), isNull(agents.removedAt)));
+      return agent;
+    });
   }
 
   /** The agent's record even after its removal (kept for the audit trail). */
-  findAgentRecord(clientId: string): Agent | undefined {
-    return this.db.select().from(agents).where(eq(agents.clientId, clientId)).get();
+  async findAgentRecord(clientId: string): Promise<Agent | undefined> {
+    const [agent] = await this.#q((db, { agents }) => db.select().from(agents).where(eq(agents.clientId, clientId)));
+    return agent;
   }
 
-  listAgents(): Agent[] {
-    return this.db
-      .select()
-      .from(agents)
-      .where(isNull(agents.removedAt))
-      .orderBy(asc(agents.createdAt), asc(agents.name))
-      .all();
+  listAgents(): Promise<Agent[]> {
+    return this.#q((db, { agents }) =>
+      db.select().from(agents).where(isNull(agents.removedAt)).orderBy(asc(agents.createdAt), asc(agents.name)),
+    );
   }
 
   // Signing keys
 
-  insertSigningKey(row: SigningKeyRow): void {
-    this.db.insert(signingKeys).values(row).run();
+  async insertSigningKey(row: SigningKeyRow): Promise<void> {
+    await this.#q((db, { signingKeys }) => db.insert(signingKeys).values(row));
   }
 
   /** Ends a key's signing at `retiredAt` and its publication at `removeAfter`. */
-  retireSigningKey(kid: string, retiredAt: number, removeAfter: number): void {
-    this.db.update(signingKeys).set({ retiredAt, removeAfter }).where(eq(signingKeys.kid, kid)).run();
+  async retireSigningKey(kid: string, retiredAt: number, removeAfter: number): Promise<void> {
+    await this.#q((db, { signingKeys }) =>
+      db.update(signingKeys).set({ retiredAt, removeAfter }).where(eq(signingKeys.kid, kid)),
+    );
   }
 
-  updateSigningKeyCiphertext(kid: string, privateJwe: string): void {
-    this.db.update(signingKeys).set({ privateJwe }).where(eq(signingKeys.kid, kid)).run();
+  async updateSigningKeyCiphertext(kid: string, privateJwe: string): Promise<void> {
+    await this.#q((db, { signingKeys }) => db.update(signingKeys).set({ privateJwe }).where(eq(signingKeys.kid, kid)));
   }
 
-  allSigningKeys(): SigningKeyRow[] {
-    return this.db.select().from(signingKeys).orderBy(asc(signingKeys.createdAt)).all();
+  allSigningKeys(): Promise<SigningKeyRow[]> {
+    return this.#q((db, { signingKeys }) => db.select().from(signingKeys).orderBy(asc(signingKeys.createdAt)));
   }
 
   /**
-   * Runs `fn` in an immediate (write-locked) transaction: for read-then-write decisions that
-   * several processes on one database must agree on.
+   * Runs `fn` in an exclusive transaction, with a store bound to it: for read-then-write
+   * decisions that several processes on one database must agree on.
    */
-  exclusive<T>(fn: (store: Store) => T): T {
-    // A transaction answers the same queries as the database; Store only uses those.
-    return this.db.transaction((tx) => fn(new Store(tx as Db)), { behavior: 'immediate' });
+  exclusive<T>(fn: (store: Store) => Promise<T>): Promise<T> {
+    if (this.#tx !== undefined) return fn(this);
+    return this.database.transaction((tx) => fn(new Store(this.database, tx)), { exclusive: true });
   }
 }

@@ -78,14 +78,18 @@ export class DeliveryWorker {
     }
     clearTimeout(this.#timer);
     this.#running = this.#drain()
-      .catch((error: unknown) => this.#options.log.error({ err: error }, 'revocation delivery failed'))
-      .finally(() => {
+      .then(() => (this.#stopped ? undefined : this.#options.outbox.nextDueMs()))
+      .catch((error: unknown) => {
+        this.#options.log.error({ err: error }, 'revocation delivery failed');
+        return undefined;
+      })
+      .then((next) => {
         this.#running = undefined;
         if (this.#again) {
           this.#again = false;
           this.wake();
         } else {
-          this.#schedule();
+          this.#schedule(next);
         }
       });
   }
@@ -97,9 +101,9 @@ export class DeliveryWorker {
     await this.#running;
   }
 
-  #schedule(): void {
+  /** Sleeps until `next`, the soonest due event (ms), or one poll interval. */
+  #schedule(next: number | undefined): void {
     if (this.#stopped) return;
-    const next = this.#options.outbox.nextDueMs();
     const wait = next === undefined ? this.#options.pollMs : Math.max(0, Math.min(this.#options.pollMs, next - Date.now()));
     this.#timer = setTimeout(() => this.wake(), wait);
     this.#timer.unref();
@@ -109,7 +113,7 @@ export class DeliveryWorker {
     const leaseMs = (this.#options.guard.timeoutMs ?? 5000) + 10_000;
     for (;;) {
       if (this.#stopped) return;
-      const batch = this.#options.outbox.claimDue(BATCH, leaseMs);
+      const batch = await this.#options.outbox.claimDue(BATCH, leaseMs);
       if (batch.length === 0) return;
       await Promise.all(batch.map((event) => this.#deliver(event)));
     }
@@ -132,18 +136,18 @@ export class DeliveryWorker {
     } catch (error) {
       const reason = error instanceof GuardedFetchError ? error.message : 'delivery failed';
       if (error instanceof GuardedFetchError && ['url', 'address', 'redirect'].includes(error.reason)) {
-        outbox.failed(event.id, reason);
+        await outbox.failed(event.id, reason);
         this.#options.onResult?.('failed');
         log.warn({ event: 'revocation_failed', id: event.id, audience: event.audience, reason }, 'revocation not deliverable');
         return;
       }
       if (!(error instanceof GuardedFetchError)) log.error({ err: error, id: event.id }, 'revocation delivery error');
-      this.#retry(event, reason);
+      await this.#retry(event, reason);
       return;
     }
 
     if (status >= 200 && status < 300) {
-      outbox.delivered(event.id);
+      await outbox.delivered(event.id);
       this.#options.onResult?.('delivered');
       log.info(
         { event: 'revocation_delivered', id: event.id, audience: event.audience, attempts: event.attempts, status },
@@ -154,25 +158,25 @@ export class DeliveryWorker {
 
     if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
       const reason = `the service answered ${status}: ${serviceReason(body)}`;
-      outbox.failed(event.id, reason);
+      await outbox.failed(event.id, reason);
       this.#options.onResult?.('failed');
       log.warn({ event: 'revocation_failed', id: event.id, audience: event.audience, status }, 'revocation refused');
       return;
     }
 
-    this.#retry(event, `the service answered ${status}`);
+    await this.#retry(event, `the service answered ${status}`);
   }
 
-  #retry(event: RevocationEvent, reason: string): void {
+  async #retry(event: RevocationEvent, reason: string): Promise<void> {
     const { outbox, log, maxAgeSeconds, retryBaseMs } = this.#options;
     const next = Date.now() + retryDelayMs(event.attempts, retryBaseMs);
     if (next / 1000 > event.createdAt + maxAgeSeconds) {
-      outbox.failed(event.id, `gave up after ${event.attempts} attempts: ${reason}`);
+      await outbox.failed(event.id, `gave up after ${event.attempts} attempts: ${reason}`);
       this.#options.onResult?.('failed');
       log.warn({ event: 'revocation_failed', id: event.id, audience: event.audience, reason }, 'revocation abandoned');
       return;
     }
-    outbox.retryAt(event.id, next, reason);
+    await outbox.retryAt(event.id, next, reason);
     this.#options.onResult?.('retry');
     log.info({ event: 'revocation_retry', id: event.id, audience: event.audience, attempts: event.attempts, reason }, 'revocation will be retried');
   }

@@ -100,10 +100,10 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
    * algorithm differs from the active key's.
    */
   async init(): Promise<void> {
-    if (this.#store.allSigningKeys().length === 0) {
+    if ((await this.#store.allSigningKeys()).length === 0) {
       const row = await this.#generate(this.#policy.alg, epoch());
-      this.#store.exclusive((tx) => {
-        if (tx.allSigningKeys().length === 0) tx.insertSigningKey(row);
+      await this.#store.exclusive(async (tx) => {
+        if ((await tx.allSigningKeys()).length === 0) await tx.insertSigningKey(row);
       });
     }
 
@@ -116,7 +116,7 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
 
   /** Re-reads the keys (another process may have rotated) and prepares the next one. */
   async refresh(): Promise<void> {
-    this.#rows = this.#store.allSigningKeys();
+    this.#rows = await this.#store.allSigningKeys();
     const now = epoch();
     for (const row of this.#rows) {
       const state = keyState(row, now);
@@ -179,18 +179,18 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
     const now = epoch();
     // Times are whole seconds; one more makes the delay at least prepublishSeconds in full.
     const row = await this.#generate(alg, now + this.#policy.prepublishSeconds + 1);
-    const inserted = this.#store.exclusive((tx) => {
-      const rows = tx.allSigningKeys();
+    const inserted = await this.#store.exclusive(async (tx) => {
+      const rows = await tx.allSigningKeys();
       if (rows.some((r) => keyState(r, now) === 'next')) return undefined;
       const current = activeRow(rows, now);
       if (current === undefined) {
         // No key signs yet (a new database): nothing to publish ahead of, so it signs now.
         const first = { ...row, activatesAt: now };
-        tx.insertSigningKey(first);
+        await tx.insertSigningKey(first);
         return first;
       }
-      tx.insertSigningKey(row);
-      tx.retireSigningKey(current.kid, row.activatesAt, row.activatesAt + this.#policy.retentionSeconds);
+      await tx.insertSigningKey(row);
+      await tx.retireSigningKey(current.kid, row.activatesAt, row.activatesAt + this.#policy.retentionSeconds);
       return row;
     });
     if (inserted === undefined) throw new RotationPendingError();
@@ -211,9 +211,9 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
   }
 
   /** Every stored key with its state, for `deputy keys list`. */
-  describe(): (SigningKeyRow & { state: KeyState })[] {
+  async describe(): Promise<(SigningKeyRow & { state: KeyState })[]> {
     const now = epoch();
-    return this.#store.allSigningKeys().map((row) => ({ ...row, state: keyState(row, now) }));
+    return (await this.#store.allSigningKeys()).map((row) => ({ ...row, state: keyState(row, now) }));
   }
 
   #switchDue(now: number): boolean {
@@ -291,7 +291,7 @@ export async function decryptPrivateJwk(row: SigningKeyRow, key: Uint8Array): Pr
  * transaction; nothing changes if any key does not open with the old secret.
  */
 export async function reencryptKeys(store: Store, from: Uint8Array, to: Uint8Array): Promise<number> {
-  const rows = store.allSigningKeys();
+  const rows = await store.allSigningKeys();
   const updated: { kid: string; privateJwe: string }[] = [];
   for (const row of rows) {
     const jwk = await decryptPrivateJwk(row, from).catch((error: unknown) => {
@@ -302,8 +302,8 @@ export async function reencryptKeys(store: Store, from: Uint8Array, to: Uint8Arr
     });
     updated.push({ kid: row.kid, privateJwe: await encryptPrivateJwk(row.kid, jwk, to) });
   }
-  store.exclusive((tx) => {
-    for (const { kid, privateJwe } of updated) tx.updateSigningKeyCiphertext(kid, privateJwe);
+  await store.exclusive(async (tx) => {
+    for (const { kid, privateJwe } of updated) await tx.updateSigningKeyCiphertext(kid, privateJwe);
   });
   return updated.length;
 }

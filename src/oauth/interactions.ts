@@ -92,7 +92,7 @@ export function interactionRoutes(options: Options): Router {
       return;
     }
 
-    const agent = store.findAgent(String(interaction.params.client_id));
+    const agent = await store.findAgent(String(interaction.params.client_id));
     if (agent === undefined) throw new PageError(400, 'Unknown agent', 'This agent is not registered with Deputy.');
 
     const scopes = String(interaction.params.scope ?? '')
@@ -111,7 +111,7 @@ export function interactionRoutes(options: Options): Router {
     }
 
     const alreadyAllowed =
-      service !== null && delegations.activeDelegation(state.user.id, agent.clientId, service.audience) !== undefined;
+      service !== null && await delegations.activeDelegation(state.user.id, agent.clientId, service.audience) !== undefined;
 
     ctx.type = 'html';
     ctx.body = views.render('connect', {
@@ -154,7 +154,7 @@ export function interactionRoutes(options: Options): Router {
       .split(' ')
       .filter((s) => SCOPES.includes(s))
       .join(' ');
-    delegations.recordConnection(state.user.id, clientId, grantId, scope);
+    await delegations.recordConnection(state.user.id, clientId, grantId, scope);
     log.info({ event: 'connect', user: state.user.id, client: clientId }, 'agent connected');
 
     const audience = typeof interaction.params.audience === 'string' ? interaction.params.audience : null;
@@ -163,7 +163,7 @@ export function interactionRoutes(options: Options): Router {
         if (!isDiscoveryFailure(error)) throw error;
         throw new PageError(400, 'The service could not be checked', error.message, { cause: error });
       });
-      const delegation = delegations.createDelegation(
+      const delegation = await delegations.createDelegation(
         delegationFromForm(body, {
           userId: state.user.id,
           agentClientId: clientId,

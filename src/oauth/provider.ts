@@ -211,7 +211,7 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
   const active = keys.active();
 
   const configuration: Configuration = {
-    adapter: createAdapter(store.db, (id) => store.findAgent(id), (agent) => clientMetadataOf(agent, active.alg)),
+    adapter: createAdapter(store.database, (id) => store.findAgent(id), (agent) => clientMetadataOf(agent, active.alg)),
     jwks: { keys: [active.jwk as never] },
     routes: ROUTES,
     scopes: SCOPES,
@@ -220,8 +220,8 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
       email: ['email', 'email_verified'],
       profile: ['name'],
     },
-    findAccount: (_ctx, id) => {
-      const user = store.findUser(id);
+    findAccount: async (_ctx, id) => {
+      const user = await store.findUser(id);
       if (user === undefined) return undefined;
       return {
         accountId: user.id,
@@ -339,7 +339,7 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
     },
     assertJwtClientAuthClaimsAndHeader: async (_ctx, claims, header, client) => {
       assertClientAssertion(config.issuer, claims, header, client.clientId);
-      if (!delegations.useClientAssertionJti(client.clientId, String(claims.jti), Number(claims.exp))) {
+      if (!(await delegations.useClientAssertionJti(client.clientId, String(claims.jti), Number(claims.exp)))) {
         throw new errors.InvalidClientAuth('client assertion tokens must only be used once');
       }
     },

@@ -80,13 +80,13 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
     const request = checkParameters(params, config.allowLoopbackServices);
     const user = await subjectUser(provider, params, client.clientId);
 
-    const agent = store.findAgent(client.clientId);
+    const agent = await store.findAgent(client.clientId);
     if (agent === undefined) throw new errors.InvalidClient('client not found');
     if (agent.allowedAudiences !== null && !agent.allowedAudiences.includes(request.audience)) {
       throw new errors.InvalidTarget('this agent may not obtain assertions for that audience');
     }
 
-    const delegation = delegations.activeDelegation(user.id, agent.clientId, request.audience);
+    const delegation = await delegations.activeDelegation(user.id, agent.clientId, request.audience);
     if (delegation === undefined) return consentRequired(ctx, user, agent.clientId, request);
 
     const resources = await grantedResources(request.resources, delegation, directory);
@@ -107,7 +107,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
 
     // Step 6: a `once` delegation is consumed here, atomically; a racing mint that lost finds
     // it gone and is answered as if it never existed.
-    if (!delegations.useDelegation(delegation, record)) {
+    if (!(await delegations.useDelegation(delegation, record))) {
       return consentRequired(ctx, user, agent.clientId, request);
     }
 
@@ -116,7 +116,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
       user,
       agent: { clientId: agent.clientId, name: agent.name },
       audience: request.audience,
-      serviceClientId: delegations.serviceClientId(agent.clientId, request.audience),
+      serviceClientId: await delegations.serviceClientId(agent.clientId, request.audience),
       resources,
       scope,
       jti: record.jti,
@@ -154,11 +154,16 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
    * Step 5, no delegation: 400 `consent_required` with a link the person can open to approve
    * exactly this request (DESIGN 2.3, way 3).
    */
-  function consentRequired(ctx: KoaContextWithOIDC, user: User, agentClientId: string, request: ExchangeRequest): void {
-    if (delegations.consentDenied(user.id, agentClientId, request.audience)) {
+  async function consentRequired(
+    ctx: KoaContextWithOIDC,
+    user: User,
+    agentClientId: string,
+    request: ExchangeRequest,
+  ): Promise<void> {
+    if (await delegations.consentDenied(user.id, agentClientId, request.audience)) {
       throw new errors.AccessDenied('the user denied this agent assertions for this audience');
     }
-    const consent = delegations.createConsentRequest(
+    const consent = await delegations.createConsentRequest(
       {
         userId: user.id,
         agentClientId,
@@ -197,7 +202,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
     if (params.subject_token_type === ID_TOKEN_TYPE) {
       const subject = await idTokenSubject(token, clientId);
       accountId = subject.sub;
-      if (!delegations.isConnectedSince(accountId, clientId, subject.iat)) {
+      if (!(await delegations.isConnectedSince(accountId, clientId, subject.iat))) {
         throw new errors.InvalidGrant('the user has disconnected this agent');
       }
     } else {
@@ -215,7 +220,7 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
     }
 
     // Step 3: the user's current claims, re-read.
-    const user = store.findUser(accountId);
+    const user = await store.findUser(accountId);
     if (user === undefined) throw new errors.InvalidGrant('the subject of subject_token no longer exists');
     return user;
   }

@@ -246,7 +246,7 @@ function claimedClientId(ctx: Koa.Context): string | undefined {
 }
 
 export interface Readiness {
-  database(): boolean;
+  database(): Promise<boolean>;
   keys(): boolean;
   draining(): boolean;
 }
@@ -265,9 +265,9 @@ export function opsRoutes(options: { metrics: Metrics; readiness: Readiness; met
     ctx.body = { status: 'ok' };
   });
 
-  router.get('/readyz', function readyz(ctx) {
+  router.get('/readyz', async function readyz(ctx) {
     const checks = {
-      database: safely(readiness.database) ? 'ok' : 'unavailable',
+      database: (await readiness.database().catch(() => false)) ? 'ok' : 'unavailable',
       keys: safely(readiness.keys) ? 'ok' : 'unavailable',
       shutdown: readiness.draining() ? 'in progress' : 'no',
     };

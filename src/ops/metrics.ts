@@ -9,8 +9,8 @@ export type MintResult = 'issued' | 'consent_required' | 'refused';
 export type DeliveryResult = 'delivered' | 'retry' | 'failed';
 
 export interface StateReaders {
-  activeDelegations(): number;
-  outboxByState(): Record<string, number>;
+  activeDelegations(): Promise<number>;
+  outboxByState(): Promise<Record<string, number>>;
   /** Seconds since the signing key in use became active. */
   signingKeyAgeSeconds(): number;
 }
@@ -62,8 +62,8 @@ export class Metrics {
       name: 'deputy_active_delegations',
       help: 'Delegations that can be used now: not revoked, not consumed, not expired.',
       registers,
-      collect() {
-        this.set(state.activeDelegations());
+      async collect() {
+        this.set(await state.activeDelegations());
       },
     });
     const outbox = new Gauge({
@@ -71,8 +71,8 @@ export class Metrics {
       help: 'Revocation events in the outbox, by state (pending, delivered, failed).',
       labelNames: ['state'],
       registers,
-      collect() {
-        const counts = state.outboxByState();
+      async collect() {
+        const counts = await state.outboxByState();
         for (const name of ['pending', 'delivered', 'failed']) outbox.set({ state: name }, counts[name] ?? 0);
       },
     });

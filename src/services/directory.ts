@@ -44,11 +44,11 @@ export class ServiceDirectory {
    */
   async forAudience(audience: string, resources: string[]): Promise<ServiceMetadata> {
     if (resources.length === 0) {
-      const cached = this.#delegations.cachedService(audience);
+      const cached = await this.#delegations.cachedService(audience);
       if (cached !== undefined) return cached as unknown as ServiceMetadata;
     }
     const metadata = await discoverAudience(audience, resources, this.#guard);
-    if (resources.length === 0) this.#remember(metadata);
+    if (resources.length === 0) await this.#remember(metadata);
     return metadata;
   }
 
@@ -78,9 +78,9 @@ export class ServiceDirectory {
     return governed;
   }
 
-  #remember(metadata: ServiceMetadata): void {
+  async #remember(metadata: ServiceMetadata): Promise<void> {
     const record = metadata as unknown as Record<string, unknown>;
-    this.#delegations.cacheService(metadata.audience, record, cacheSeconds(metadata.maxAge));
+    await this.#delegations.cacheService(metadata.audience, record, cacheSeconds(metadata.maxAge));
   }
 }
 

@@ -62,7 +62,7 @@ export function loginRoutes(options: Options): Router {
     const codeVerifier = oidc.randomPKCECodeVerifier();
     const returnTo = safeReturnTo(ctx.query.return_to, issuer);
 
-    store.saveLoginAttempt(state, {
+    await store.saveLoginAttempt(state, {
       nonce,
       codeVerifier,
       returnTo,
@@ -96,7 +96,7 @@ export function loginRoutes(options: Options): Router {
       );
     }
 
-    const attempt = store.takeLoginAttempt(state);
+    const attempt = await store.takeLoginAttempt(state);
     if (attempt === undefined) {
       throw new PageError(
         400,
@@ -125,8 +125,8 @@ export function loginRoutes(options: Options): Router {
     }
 
     const userinfo = await fetchUserInfo(configuration, tokens.access_token, claims.sub, log);
-    const user = store.upsertUpstreamUser(claims.iss, claims.sub, profileFrom(claims, userinfo));
-    sessions.start(ctx, user.id);
+    const user = await store.upsertUpstreamUser(claims.iss, claims.sub, profileFrom(claims, userinfo));
+    await sessions.start(ctx, user.id);
     log.info({ event: 'sign_in', user: user.id, upstream: claims.iss }, 'signed in');
     ctx.redirect(attempt.returnTo);
   });
@@ -139,13 +139,13 @@ export function loginRoutes(options: Options): Router {
     return undefined;
   });
 
-  router.post('/logout', formBody(options.bodyLimit), function logout(ctx) {
+  router.post('/logout', formBody(options.bodyLimit), async function logout(ctx) {
     const state = ctx.state as WebState;
     if (state.user !== null) {
       sessions.requireCsrf(ctx, (ctx.request.body as Record<string, unknown>).csrf);
       log.info({ event: 'sign_out', user: state.user.id }, 'signed out');
     }
-    sessions.end(ctx);
+    await sessions.end(ctx);
     ctx.redirect('/');
   });
 

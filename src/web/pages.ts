@@ -84,19 +84,19 @@ export function pageRoutes(options: Options): Router {
     ctx.body = views.render(view, { user: state.user, csrf: state.csrf, ...data });
   }
 
-  router.get('/', function home(ctx) {
+  router.get('/', async function home(ctx) {
     const state = ctx.state as WebState;
     if (state.user === null) return render(ctx, 'home', { upstreamIssuer: options.upstreamIssuer });
 
     const now = epoch();
-    const list = delegations.delegationsOf(state.user.id);
+    const list = await delegations.delegationsOf(state.user.id);
     const events = new Map<string, RevocationEvent>();
-    for (const event of outbox.forDelegations(list.filter((d) => d.revokedAt !== null).map((d) => d.id))) {
+    for (const event of await outbox.forDelegations(list.filter((d) => d.revokedAt !== null).map((d) => d.id))) {
       if (!events.has(event.delegationId)) events.set(event.delegationId, event);
     }
     render(ctx, 'home', {
       upstreamIssuer: options.upstreamIssuer,
-      agents: delegations.connectedAgents(state.user.id).map((a) => ({ ...a, allows: connectionSummary(a.scope) })),
+      agents: (await delegations.connectedAgents(state.user.id)).map((a) => ({ ...a, allows: connectionSummary(a.scope) })),
       delegations: list.map((d) => {
         const event = events.get(d.id);
         return { ...d, status: delegationStatus(d, now), delivery: event ? deliveryOf(event) : null };
@@ -111,7 +111,7 @@ export function pageRoutes(options: Options): Router {
     const body = ctx.request.body as Record<string, unknown>;
     sessions.requireCsrf(ctx, body.csrf);
     const agentClientId = String(body.agent ?? '');
-    const agent = connectedAgent(user, agentClientId);
+    const agent = await connectedAgent(user, agentClientId);
     const url = String(body.service ?? '').trim();
     if (url === '') throw new PageError(400, 'Enter a service', 'Enter the address of the service.');
 
@@ -123,11 +123,11 @@ export function pageRoutes(options: Options): Router {
     const user = signedIn(ctx);
     const body = ctx.request.body as Record<string, unknown>;
     sessions.requireCsrf(ctx, body.csrf);
-    const agent = connectedAgent(user, String(body.agent ?? ''));
+    const agent = await connectedAgent(user, String(body.agent ?? ''));
     // Discovered again from what this person typed, never from a shared cache.
     const service = await discover(() => directory.lookup(String(body.service ?? '')));
     const scope = chosenScopes(body.scope, service.scopesSupported);
-    const delegation = delegations.createDelegation(
+    const delegation = await delegations.createDelegation(
       delegationFromForm(body, {
         userId: user.id,
         agentClientId: agent.clientId,
@@ -144,10 +144,10 @@ export function pageRoutes(options: Options): Router {
     ctx.redirect('/');
   });
 
-  router.post('/delegations/:id/revoke', form, function revokeDelegation(ctx) {
+  router.post('/delegations/:id/revoke', form, async function revokeDelegation(ctx) {
     const user = signedIn(ctx);
     sessions.requireCsrf(ctx, (ctx.request.body as Record<string, unknown>).csrf);
-    if (!delegations.revokeDelegation(user.id, ctx.params.id as string)) {
+    if (!(await delegations.revokeDelegation(user.id, ctx.params.id as string))) {
       throw new PageError(404, 'Not found', 'There is no active delegation of yours with this id.');
     }
     log.info({ event: 'delegation_revoked', user: user.id, delegation: ctx.params.id }, 'delegation revoked');
@@ -155,31 +155,31 @@ export function pageRoutes(options: Options): Router {
     ctx.redirect('/');
   });
 
-  router.post('/agents/:clientId/disconnect', form, function disconnectAgent(ctx) {
+  router.post('/agents/:clientId/disconnect', form, async function disconnectAgent(ctx) {
     const user = signedIn(ctx);
     sessions.requireCsrf(ctx, (ctx.request.body as Record<string, unknown>).csrf);
     const clientId = ctx.params.clientId as string;
-    if (!delegations.isConnected(user.id, clientId)) {
+    if (!(await delegations.isConnected(user.id, clientId))) {
       throw new PageError(404, 'Not found', 'This agent is not connected to your account.');
     }
-    const { revokedDelegations } = delegations.disconnect(user.id, clientId);
+    const { revokedDelegations } = await delegations.disconnect(user.id, clientId);
     log.info({ event: 'disconnect', user: user.id, client: clientId, revokedDelegations }, 'agent disconnected');
     options.revoked();
     ctx.redirect('/');
   });
 
-  router.get('/delegations/:id', function delegationAudit(ctx) {
+  router.get('/delegations/:id', async function delegationAudit(ctx) {
     const user = signedIn(ctx);
-    const delegation = delegations.findDelegation(ctx.params.id as string);
+    const delegation = await delegations.findDelegation(ctx.params.id as string);
     if (delegation === undefined || delegation.userId !== user.id) {
       throw new PageError(404, 'Not found', 'There is no delegation of yours with this id.');
     }
     const page = Math.max(1, Math.min(10_000, Number.parseInt(String(ctx.query.page ?? '1'), 10) || 1));
-    const rows = delegations.assertionsOf(delegation.id, AUDIT_PAGE_SIZE + 1, (page - 1) * AUDIT_PAGE_SIZE);
+    const rows = await delegations.assertionsOf(delegation.id, AUDIT_PAGE_SIZE + 1, (page - 1) * AUDIT_PAGE_SIZE);
     render(ctx, 'delegation', {
       delegation: { ...delegation, status: delegationStatus(delegation) },
-      deliveries: outbox.forDelegations([delegation.id]).map((e) => ({ ...deliveryOf(e), audience: e.audience })),
-      agentName: store.findAgent(delegation.agentClientId)?.name ?? delegation.agentClientId,
+      deliveries: (await outbox.forDelegations([delegation.id])).map((e) => ({ ...deliveryOf(e), audience: e.audience })),
+      agentName: (await store.findAgent(delegation.agentClientId))?.name ?? delegation.agentClientId,
       assertions: rows.slice(0, AUDIT_PAGE_SIZE),
       page,
       hasNext: rows.length > AUDIT_PAGE_SIZE,
@@ -187,8 +187,8 @@ export function pageRoutes(options: Options): Router {
   });
 
   router.get('/consent/:id', async function showConsent(ctx) {
-    const { request, user } = openConsent(ctx);
-    const agent = store.findAgent(request.agentClientId);
+    const { request, user } = await openConsent(ctx);
+    const agent = await store.findAgent(request.agentClientId);
     let service: ServiceMetadata | null = null;
     let serviceError: string | null = null;
     try {
@@ -202,12 +202,12 @@ export function pageRoutes(options: Options): Router {
   });
 
   router.post('/consent/:id', form, async function answerConsent(ctx) {
-    const { request, user } = openConsent(ctx);
+    const { request, user } = await openConsent(ctx);
     const body = ctx.request.body as Record<string, unknown>;
     sessions.requireCsrf(ctx, body.csrf);
 
     if (body.decision === 'deny') {
-      delegations.answerConsentRequest(request.id, 'denied', null);
+      await delegations.answerConsentRequest(request.id, 'denied', null);
       log.info({ event: 'consent_denied', user: user.id, client: request.agentClientId }, 'consent denied');
       // Named as the consent page named it; a service that cannot be read now is named by its
       // audience, the denial stands either way.
@@ -231,10 +231,10 @@ export function pageRoutes(options: Options): Router {
         scope: chosenScopes(body.scope, service.scopesSupported),
       }),
     );
-    const answered = delegations.answerConsentRequest(request.id, 'approved', chosen);
+    const answered = await delegations.answerConsentRequest(request.id, 'approved', chosen);
     if (answered === 'not-connected') throw notConnected();
     if (answered === 'already-delegated') {
-      throw alreadyAllowed(store.findAgent(request.agentClientId)?.name ?? request.agentClientId);
+      throw alreadyAllowed((await store.findAgent(request.agentClientId))?.name ?? request.agentClientId);
     }
     if (answered === undefined) {
       throw new PageError(400, 'Already answered', 'This request was already answered or has expired.');
@@ -253,9 +253,9 @@ export function pageRoutes(options: Options): Router {
   });
 
   /** A consent request the signed-in person may answer now, or the page that says why not. */
-  function openConsent(ctx: Koa.Context) {
+  async function openConsent(ctx: Koa.Context) {
     const state = ctx.state as WebState;
-    const request = delegations.findConsentRequest(ctx.params.id as string);
+    const request = await delegations.findConsentRequest(ctx.params.id as string);
     if (request === undefined) {
       throw new PageError(404, 'Not found', 'There is no consent request at this address.');
     }
@@ -279,13 +279,13 @@ export function pageRoutes(options: Options): Router {
 
     // Disconnected since it asked: approving would hand a delegation to an agent that does not
     // act for this person, ready for the day it connects again.
-    if (!delegations.isConnected(state.user.id, request.agentClientId)) throw notConnected();
+    if (!(await delegations.isConnected(state.user.id, request.agentClientId))) throw notConnected();
 
     return { request, user: state.user };
   }
 
-  function connectedAgent(user: User, clientId: string) {
-    const agent = delegations.connectedAgents(user.id).find((a) => a.clientId === clientId);
+  async function connectedAgent(user: User, clientId: string) {
+    const agent = (await delegations.connectedAgents(user.id)).find((a) => a.clientId === clientId);
     if (agent === undefined) {
       throw new PageError(400, 'Choose an agent', 'Choose one of the agents connected to your account.');
     }

@@ -52,7 +52,7 @@ export class Sessions {
 
       const id = ctx.cookies.get(SESSION_COOKIE, { signed: true });
       if (id !== undefined && id.length <= 128) {
-        const user = this.#options.store.findSessionUser(id);
+        const user = await this.#options.store.findSessionUser(id);
         if (user !== undefined) {
           state.user = user;
           state.sessionId = id;
@@ -65,17 +65,17 @@ export class Sessions {
   }
 
   /** Starts a session with a new id, ending the one the browser had. */
-  start(ctx: Koa.Context, userId: string): void {
+  async start(ctx: Koa.Context, userId: string): Promise<void> {
     const previous = ctx.cookies.get(SESSION_COOKIE, { signed: true });
-    if (previous !== undefined) this.#options.store.deleteSession(previous);
+    if (previous !== undefined) await this.#options.store.deleteSession(previous);
 
-    const id = this.#options.store.createSession(userId, SESSION_TTL_SECONDS);
+    const id = await this.#options.store.createSession(userId, SESSION_TTL_SECONDS);
     ctx.cookies.set(SESSION_COOKIE, id, this.cookieOptions(SESSION_TTL_SECONDS));
   }
 
-  end(ctx: Koa.Context): void {
+  async end(ctx: Koa.Context): Promise<void> {
     const id = ctx.cookies.get(SESSION_COOKIE, { signed: true });
-    if (id !== undefined) this.#options.store.deleteSession(id);
+    if (id !== undefined) await this.#options.store.deleteSession(id);
     ctx.cookies.set(SESSION_COOKIE, null, { ...this.cookieOptions(0), maxAge: undefined });
   }
 
