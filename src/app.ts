@@ -10,7 +10,7 @@ import Router from '@koa/router';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import type { Config } from './config.ts';
-import { openDatabaseOrExplain, type Database } from './db/index.ts';
+import { openDatabaseOrExplain, PostgresDatabase, type Database } from './db/index.ts';
 import { Store } from './db/store.ts';
 import { createDevIdp, DEV_IDP_CLIENT_ID } from './dev-idp/index.ts';
 import { KeyStore } from './keys/keystore.ts';
@@ -122,7 +122,7 @@ async function assemble(
   app.use(ops.routes());
   const bodyLimit = config.limits.bodyBytes;
   app.use(limitBodies(bodyLimit));
-  app.use(rateLimits(config, metrics));
+  app.use(rateLimits(config, metrics, database instanceof PostgresDatabase ? database.pool : undefined));
 
   let upstream: UpstreamClient;
   if (config.upstream === null) {

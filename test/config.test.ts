@@ -135,6 +135,16 @@ describe('deputy serve with a bad configuration', () => {
     assertConfigError(run, 'DEPUTY_SECRET', 'NODE_ENV=production');
   });
 
+  test('refuses a PostgreSQL DEPUTY_DB without DEPUTY_SECRET, which every process must share', async () => {
+    assertConfigError(await serve({ DEPUTY_DB: 'postgres://deputy@127.0.0.1:1/deputy' }), 'DEPUTY_SECRET', 'PostgreSQL');
+  });
+
+  test('refuses a PostgreSQL server it cannot reach, naming it without its password', async () => {
+    const run = await serve({ DEPUTY_DB: 'postgres://deputy:hunter2-secret@127.0.0.1:1/deputy', DEPUTY_SECRET: SECRET_40 });
+    assertConfigError(run, 'DEPUTY_DB: cannot connect to PostgreSQL at postgres://deputy:***@127.0.0.1:1/deputy', 'ECONNREFUSED');
+    assert.ok(!run.stderr.includes('hunter2'), run.stderr);
+  });
+
   test('refuses DEPUTY_UPSTREAM_ISSUER without DEPUTY_UPSTREAM_CLIENT_ID', async () => {
     const run = await serve({
       DEPUTY_UPSTREAM_ISSUER: 'https://idp.example',

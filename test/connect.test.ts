@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import Database from 'better-sqlite3';
 import { decodeJwt } from 'jose';
 import { registerAgent } from '../src/agents/registry.ts';
 import { sha256 } from '../src/db/store.ts';
 import { Browser, formAction } from './helpers/browser.ts';
-import { listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
+import { listen, sqlOn, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
 import {
   addAgent,
   basic,
@@ -120,9 +119,11 @@ describe('agents connect', () => {
 
   test('keeps only hashes of the tokens it issued', async () => {
     const tokens = await connectByDevice(deputy, agent, browser);
-    const file = new Database(deputy.dbPath, { readonly: true });
-    const rows = file.prepare('select model, id, payload from oidc_models').all() as { model: string; id: string; payload: string }[];
-    file.close();
+    const rows = (await sqlOn(deputy.dbPath, 'select model, id, payload from oidc_models')) as {
+      model: string;
+      id: string;
+      payload: string;
+    }[];
     const refresh = rows.find((r) => r.id === sha256(tokens.refresh_token));
     assert.equal(refresh?.model, 'RefreshToken');
     assert.equal((JSON.parse(refresh.payload) as { jti?: string }).jti, undefined);

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import Database from 'better-sqlite3';
 import { Browser, formAction } from './helpers/browser.ts';
-import { startDeputy, tempDir, type RunningDeputy } from './helpers/deputy.ts';
+import { sqlOn, startDeputy, tempDir, type RunningDeputy } from './helpers/deputy.ts';
 
 describe('the development sign-in, with no upstream configured', () => {
   const dir = tempDir();
@@ -37,10 +36,8 @@ describe('the development sign-in, with no upstream configured', () => {
     assert.match(home.body, /Signed in as Grace Hopper/);
     assert.match(home.body, /grace@example.com \(verified\)/);
 
-    const db = new Database(deputy.dbPath, { readonly: true });
-    const identity = db.prepare('select issuer, subject from upstream_identities').get();
-    const user = db.prepare('select email, email_verified from users').get();
-    db.close();
+    const [identity] = await sqlOn(deputy.dbPath, 'select issuer, subject from upstream_identities');
+    const [user] = await sqlOn(deputy.dbPath, 'select email, email_verified from users');
     assert.deepEqual(identity, { issuer: `${deputy.url}/dev-idp`, subject: 'grace@example.com' });
     assert.deepEqual(user, { email: 'grace@example.com', email_verified: 1 });
   });

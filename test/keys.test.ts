@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify, type JWK } from 'jose';
 import pino from 'pino';
 import { Browser, formAction, hiddenField } from './helpers/browser.ts';
-import { listen, sqlOn, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
+import { cliEnvFor, listen, sqlOn, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
 import { addAgent, basic, connectByDevice, ID_TOKEN, mint, post, type TestAgent } from './helpers/agent.ts';
 import { startAuthMdService, type AuthMdService } from './helpers/services.ts';
 import { startUpstream, type TestUpstream } from './helpers/upstream.ts';
@@ -212,8 +212,11 @@ describe('signing algorithms', () => {
 
 describe('changing DEPUTY_SECRET', () => {
   const run = promisify(execFile);
-  const cli = (env: Record<string, string>, ...args: string[]) =>
-    run(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], { env: { PATH: process.env.PATH, ...env } });
+  // DEPUTY_DB names the test's database file; on a PostgreSQL run, the database standing for it.
+  const cli = async (env: Record<string, string>, ...args: string[]) =>
+    run(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
+      env: { PATH: process.env.PATH, ...env, ...(await cliEnvFor(env.DEPUTY_DB as string, env)) },
+    });
 
   test('key commands before the first start leave a database the server starts on', async () => {
     for (const first of [['keys', 'list'], ['keys', 'rotate', '--alg', 'EdDSA']]) {

@@ -8,13 +8,13 @@ import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { once } from 'node:events';
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { Writable } from 'node:stream';
 import { createLogger } from '../src/log.ts';
 import { Browser, formAction } from './helpers/browser.ts';
-import { listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
+import { cliEnvFor, listen, startDeputy, tempDir, TEST_DIALECT, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
 import { addAgent, basic, connectByDevice, ID_TOKEN, mint, post, type TestAgent } from './helpers/agent.ts';
 import { startAuthMdService, type AuthMdService } from './helpers/services.ts';
 import { startUpstream, type TestUpstream } from './helpers/upstream.ts';
@@ -152,8 +152,17 @@ describe('logs, metrics and health on a working Deputy', () => {
 
   test('deputy backup copies the live database, and refuses to overwrite', async () => {
     const file = `${dir.path}/backup.db`;
-    const env = { ...process.env, DEPUTY_DB: deputy.dbPath };
+    const env = { ...process.env, ...(await cliEnvFor(deputy.dbPath)) };
     const run = promisify(execFile);
+    if (TEST_DIALECT === 'postgres') {
+      await assert.rejects(run(process.execPath, ['--import', 'tsx', 'src/main.ts', 'backup', file], { env }), (error: { code: number; stderr: string }) => {
+        assert.equal(error.code, 1);
+        assert.equal(error.stderr.trim(), 'deputy: backup copies a SQLite database; back up PostgreSQL with its own tools (pg_dump)');
+        return true;
+      });
+      assert.equal(existsSync(file), false);
+      return;
+    }
     const { stdout } = await run(process.execPath, ['--import', 'tsx', 'src/main.ts', 'backup', file], { env });
     assert.match(stdout, /^Backed up .* to .*backup\.db \(\d+ pages\)\./);
     assert.equal(statSync(file).mode & 0o777, 0o600, 'the backup is the owner\'s alone');

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { decodeJwt } from 'jose';
 import { Browser, formAction, hiddenField } from './helpers/browser.ts';
-import { databaseFor, listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
+import { cliEnvFor, databaseFor, listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
 import { addAgent, connectByDevice, ID_JAG, ID_TOKEN, mint, type TestAgent } from './helpers/agent.ts';
 import {
   LOGOUT_REVOKED_EVENT,
@@ -185,7 +185,7 @@ describe('revocation reaches services', () => {
 
   async function cli(...args: string[]): Promise<string> {
     const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
-      env: { PATH: process.env.PATH, DEPUTY_DB: deputy.dbPath },
+      env: { PATH: process.env.PATH, ...(await cliEnvFor(deputy.dbPath)) },
     });
     return stdout;
   }
@@ -230,7 +230,7 @@ describe('revocation reaches services', () => {
     const home = await browser.go(`${deputy.url}/`);
     await browser.submit(`${deputy.url}/agents/${bot.clientId}/disconnect`, { csrf: hiddenField(home, 'csrf') });
     await waitFor('the event', () => target.events.length === 1);
-    const events = (await outboxFor(target));
+    const events = await outboxFor(target);
     assert.equal(events.length, 1);
     assert.equal(events[0]?.delegationId, always?.id);
   });

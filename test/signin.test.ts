@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import Database from 'better-sqlite3';
 import { safeReturnTo } from '../src/upstream/routes.ts';
 import { Browser, formAction, hiddenField, type Page } from './helpers/browser.ts';
-import { listen, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
+import { listen, sqlOn, startDeputy, tempDir, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
 import { startUpstream, type TestUpstream } from './helpers/upstream.ts';
 
 const ADA = {
@@ -22,17 +21,12 @@ async function signIn(browser: Browser, deputy: RunningDeputy, sub: string, path
   return browser.submit(formAction(form), { sub });
 }
 
-function userRows(dbPath: string) {
-  const db = new Database(dbPath, { readonly: true });
-  try {
-    return {
-      users: db.prepare('select * from users').all() as Record<string, unknown>[],
-      identities: db.prepare('select * from upstream_identities').all() as Record<string, unknown>[],
-      sessions: db.prepare('select * from sessions').all() as Record<string, unknown>[],
-    };
-  } finally {
-    db.close();
-  }
+async function userRows(dbPath: string) {
+  return {
+    users: await sqlOn(dbPath, 'select * from users'),
+    identities: await sqlOn(dbPath, 'select * from upstream_identities'),
+    sessions: await sqlOn(dbPath, 'select * from sessions'),
+  };
 }
 
 describe('sign-in through a configured upstream provider', () => {
@@ -67,7 +61,7 @@ describe('sign-in through a configured upstream provider', () => {
     assert.match(home.body, /Signed in as Ada Lovelace/);
     assert.doesNotMatch(home.body, /Development sign-in/);
 
-    const { users, identities } = userRows(deputy.dbPath);
+    const { users, identities } = await userRows(deputy.dbPath);
     assert.equal(users.length, 1);
     const user = users[0] as Record<string, unknown>;
     assert.match(user.id as string, /^usr_[A-Za-z0-9_-]{22}$/);
@@ -132,7 +126,7 @@ describe('sign-in through a configured upstream provider', () => {
     const browser = new Browser();
     await signIn(browser, deputy, ADA.sub);
     const id = (await browser.jar.getCookies(deputy.url)).find((c) => c.key === 'deputy_session')?.value;
-    const { sessions } = userRows(deputy.dbPath);
+    const { sessions } = await userRows(deputy.dbPath);
     assert.ok(id);
     assert.ok(sessions.length > 0);
     assert.ok(sessions.every((s) => s.id_hash !== id && /^[0-9a-f]{64}$/.test(s.id_hash as string)));
@@ -254,7 +248,7 @@ describe('keys and users across a restart', () => {
       let deputy = await startDeputy({ dbPath, env, listening });
       const jwksBefore = await (await fetch(`${deputy.url}/.well-known/jwks.json`)).json();
       await signIn(new Browser(), deputy, ADA.sub);
-      const userBefore = userRows(dbPath).users[0]?.id;
+      const userBefore = (await userRows(dbPath)).users[0]?.id;
       await deputy.stop();
 
       const port = new URL(deputy.url).port;
@@ -264,7 +258,7 @@ describe('keys and users across a restart', () => {
 
       const home = await signIn(new Browser(), deputy, ADA.sub);
       assert.match(home.body, /Signed in as Ada Lovelace/);
-      const { users } = userRows(dbPath);
+      const { users } = await userRows(dbPath);
       assert.equal(users.length, 1);
       assert.equal(users[0]?.id, userBefore);
       await deputy.stop();

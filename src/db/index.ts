@@ -60,6 +60,9 @@ export interface Database {
   close(): Promise<void>;
 }
 
+/** The table rate-limiter-flexible keeps its PostgreSQL counters in (ops/http.ts). */
+export const RATE_LIMIT_TABLE = 'rate_limits';
+
 const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../../drizzle');
 
 /** Whether DEPUTY_DB names a PostgreSQL server rather than a SQLite file. */
@@ -188,6 +191,27 @@ const EXCLUSIVE_LOCK = 0x64707479;
 /** Another, held by the process applying migrations so that processes starting at once take turns. */
 const MIGRATION_LOCK = 0x64707480;
 
+/**
+ * PostgreSQL text cannot hold U+0000, and a statement with one in a parameter fails as a whole;
+ * SQLite keeps it. Input can carry one (an id in a URL, a form field), so every string
+ * parameter has it replaced by U+FFFD: a lookup then finds nothing, as no stored value holds
+ * U+0000, and a stored value keeps a visible mark where it was. (JSON: schema-pg.ts.)
+ */
+class TextSafeClient extends pg.Client {
+  override query(...args: unknown[]): never {
+    const [config, values] = args;
+    if (Array.isArray(values)) args[1] = values.map(textSafe);
+    else if (typeof config === 'object' && config !== null && Array.isArray((config as pg.QueryConfig).values)) {
+      args[0] = { ...config, values: (config as pg.QueryConfig).values?.map(textSafe) };
+    }
+    return (super.query as (...a: unknown[]) => never)(...args);
+  }
+}
+
+function textSafe(value: unknown): unknown {
+  return typeof value === 'string' && value.includes('\u0000') ? value.replaceAll('\u0000', '\uFFFD') : value;
+}
+
 export class PostgresDatabase implements Database {
   readonly dialect = 'postgres' as const;
   readonly t = pgSchema as unknown as Tables;
@@ -195,7 +219,7 @@ export class PostgresDatabase implements Database {
   readonly #db: NodePgDatabase<typeof pgSchema>;
 
   constructor(url: string) {
-    this.pool = new pg.Pool({ connectionString: url, max: 10, connectionTimeoutMillis: 10_000 });
+    this.pool = new pg.Pool({ connectionString: url, max: 10, connectionTimeoutMillis: 10_000, Client: TextSafeClient });
     // An idle client losing its connection must not crash the process; the next query reconnects.
     this.pool.on('error', () => undefined);
     this.#db = drizzlePg(this.pool, { schema: pgSchema });
@@ -225,6 +249,11 @@ export class PostgresDatabase implements Database {
       await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK]);
       try {
         await migratePg(drizzlePg(client), { migrationsFolder: `${MIGRATIONS}/pg` });
+        // rate-limiter-flexible's counters, in the layout that library reads and writes; made
+        // here, under the lock, because two processes creating it at once can collide.
+        await client.query(
+          `create table if not exists ${RATE_LIMIT_TABLE} (key varchar(255) primary key, points integer not null default 0, expire bigint)`,
+        );
       } finally {
         await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]);
       }

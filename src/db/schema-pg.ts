@@ -11,7 +11,7 @@
  * boolean; JSON text is jsonb; text is text.
  */
 import { sql } from 'drizzle-orm';
-import { bigint, boolean, index, jsonb, pgTable, primaryKey, text, type PgTable } from 'drizzle-orm/pg-core';
+import { bigint, boolean, customType, index, pgTable, primaryKey, text, type PgTable } from 'drizzle-orm/pg-core';
 import type { SQLiteTable } from 'drizzle-orm/sqlite-core';
 import type * as pg from './schema-pg.ts';
 import type * as sqlite from './schema.ts';
@@ -23,6 +23,18 @@ import type { DelegationMode, EventDialect, EventState, TokenEndpointAuthMethod 
  * in the future, so floor it first.
  */
 const now = sql`floor(extract(epoch from now()))::bigint`;
+
+/**
+ * jsonb, whose strings cannot hold U+0000 (PostgreSQL refuses the whole value): such a
+ * character, which SQLite would keep, is stored as U+FFFD, as index.ts does for text.
+ */
+const jsonb = customType<{ data: unknown; driverData: unknown }>({
+  dataType: () => 'jsonb',
+  toDriver: (value) =>
+    JSON.stringify(value, (_key, member: unknown) =>
+      typeof member === 'string' ? member.replaceAll('\u0000', '\uFFFD') : member,
+    ),
+});
 
 /** A person. `id` is the opaque, stable `sub` Deputy asserts to services. */
 export const users = pgTable('users', {

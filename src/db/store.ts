@@ -243,7 +243,9 @@ export class Store {
   }
 
   allSigningKeys(): Promise<SigningKeyRow[]> {
-    return this.#q((db, { signingKeys }) => db.select().from(signingKeys).orderBy(asc(signingKeys.createdAt)));
+    return this.#q((db, { signingKeys }) =>
+      db.select().from(signingKeys).orderBy(asc(signingKeys.createdAt), asc(signingKeys.activatesAt), asc(signingKeys.kid)),
+    );
   }
 
   /**

@@ -6,8 +6,10 @@ import { randomUUID, timingSafeEqual, createHash } from 'node:crypto';
 import Router from '@koa/router';
 import type Koa from 'koa';
 import type { Logger } from 'pino';
-import { RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible';
+import type pg from 'pg';
+import { RateLimiterMemory, RateLimiterPostgres, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Config } from '../config.ts';
+import { RATE_LIMIT_TABLE } from '../db/index.ts';
 import { DEV_IDP_PATH } from '../dev-idp/index.ts';
 import { ROUTES } from '../oauth/provider.ts';
 import { PageError } from '../web/errors.ts';
@@ -126,18 +128,36 @@ export function limitBodies(limitBytes: number): Koa.Middleware {
 
 interface Limiter {
   name: string;
-  limiter: RateLimiterMemory;
-}
-
-function limiter(name: string, perMinute: number): Limiter | undefined {
-  if (perMinute === 0) return undefined;
-  return { name, limiter: new RateLimiterMemory({ points: perMinute, duration: 60 }) };
+  limiter: RateLimiterAbstract;
 }
 
 /**
- * Rate limits, per process (see the README's limits section). Known limit: with several
- * processes each allows the configured rate, since the counters live in memory; a shared store
- * (rate-limiter-flexible's database-backed limiters, with issue 7's PostgreSQL) resolves it.
+ * A limit of `perMinute` requests per key. On PostgreSQL the counters are rows every process
+ * shares, so several processes together allow the configured rate; should the database fail
+ * to answer, a counter in memory stands in rather than refusing every request. On SQLite (one
+ * process) they live in memory.
+ */
+function limiter(name: string, perMinute: number, pool: pg.Pool | undefined): Limiter | undefined {
+  if (perMinute === 0) return undefined;
+  const options = { points: perMinute, duration: 60, keyPrefix: name };
+  if (pool === undefined) return { name, limiter: new RateLimiterMemory(options) };
+  return {
+    name,
+    limiter: new RateLimiterPostgres({
+      ...options,
+      storeClient: pool,
+      storeType: 'pool',
+      tableName: RATE_LIMIT_TABLE,
+      tableCreated: true,
+      clearExpiredByTimeout: true,
+      insuranceLimiter: new RateLimiterMemory(options),
+    }),
+  };
+}
+
+/**
+ * Rate limits (see the README's limits section), shared by every process on PostgreSQL and
+ * per process on SQLite:
  *
  * - the token, device authorization and revocation endpoints, per client: the client id of
  *   the Basic Authorization header (else per address); a request that then fails client
@@ -149,12 +169,12 @@ function limiter(name: string, perMinute: number): Limiter | undefined {
  * Over the limit: 429 with Retry-After, as RFC 6749 JSON (`temporarily_unavailable`) on the
  * OAuth endpoints and as a page elsewhere.
  */
-export function rateLimits(config: Config, metrics: Metrics): Koa.Middleware {
+export function rateLimits(config: Config, metrics: Metrics, pool?: pg.Pool): Koa.Middleware {
   const limits = config.limits;
-  const token = limiter('token', limits.tokenPerClient);
-  const authFailures = limiter('client_auth_failures', limits.clientAuthFailuresPerAddress);
-  const signIn = limiter('sign_in', limits.signInPerAddress);
-  const consent = limiter('consent', limits.consentPerAddress);
+  const token = limiter('token', limits.tokenPerClient, pool);
+  const authFailures = limiter('client_auth_failures', limits.clientAuthFailuresPerAddress, pool);
+  const signIn = limiter('sign_in', limits.signInPerAddress, pool);
+  const consent = limiter('consent', limits.consentPerAddress, pool);
 
   function pageLimiter(method: string, path: string): Limiter | undefined {
     // Sign-ins started (each stores an attempt), completed, and credentials posted to the

@@ -70,6 +70,11 @@ export function secretEnvFor(path: string, env: Env = {}): Env {
   return { DEPUTY_SECRET: createHash('sha256').update(`secret ${path}`).digest('hex') };
 }
 
+/** DEPUTY_DB, and on PostgreSQL DEPUTY_SECRET, for running the command line on a test's database. */
+export async function cliEnvFor(path: string, env: Env = {}): Promise<Record<string, string>> {
+  return { DEPUTY_DB: await databaseFor(path), ...secretEnvFor(path, env) } as Record<string, string>;
+}
+
 /**
  * Runs one statement on a test's database, as a test that inspects or ages stored rows needs.
  * Written for SQLite (`?` placeholders); on PostgreSQL the placeholders are numbered and the rows

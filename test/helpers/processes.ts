@@ -1,0 +1,228 @@
+/**
+ * Deputy as real operating-system processes, the way several instances behind a load balancer
+ * run: `node bin/deputy.js serve` children sharing one database, the `deputy` command line run
+ * against that database, and a small round-robin balancer in this process whose URL is the
+ * shared issuer.
+ *
+ * No child outlives the test process: `after` hooks stop them (SIGTERM, then SIGKILL), this
+ * process kills any left on exit or on SIGINT/SIGTERM, and each child also stops by itself when
+ * its standard input (a pipe from this process) closes, which covers this process being killed
+ * outright.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import type { Env } from '../../src/config.ts';
+
+export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const START_TIMEOUT_MS = 30_000;
+const STOP_TIMEOUT_MS = 5_000;
+const CLI_TIMEOUT_MS = 30_000;
+
+/**
+ * Loaded before Deputy in every child: when the pipe from the test process closes (it exited or
+ * was killed), the child stops as if sent SIGTERM, and exits regardless a moment later.
+ */
+const ORPHAN_GUARD =
+  'data:text/javascript,process.stdin.on("end",()=>{setTimeout(()=>process.exit(1),2000).unref();' +
+  'process.kill(process.pid,"SIGTERM")}).resume()';
+
+const live = new Set<ChildProcess>();
+let guarded = false;
+
+/** Kills every child still running when this process ends, however it ends. */
+function guardChildren(): void {
+  if (guarded) return;
+  guarded = true;
+  const killAll = () => {
+    for (const child of live) child.kill('SIGKILL');
+  };
+  process.on('exit', killAll);
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      killAll();
+      process.kill(process.pid, signal);
+    });
+  }
+}
+
+/** The environment a child gets: only what is given, plus PATH and HOME. */
+function childEnv(env: Env): NodeJS.ProcessEnv {
+  return { PATH: process.env.PATH, HOME: process.env.HOME, ...env };
+}
+
+export interface DeputyProcess {
+  name: string;
+  /** Where this process listens, `http://127.0.0.1:<port>`: requests may go straight here. */
+  url: string;
+  pid: number;
+  /** Every JSON line the process logged so far, in order. */
+  logs: Record<string, unknown>[];
+  /** Its standard error as text, for failure messages. */
+  stderr(): string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `deputy serve` on 127.0.0.1 and a port of the system's choosing, and resolves once it
+ * logged the port it listens on and /readyz answers 200. `env` is Deputy's whole configuration.
+ */
+export async function startDeputyProcess(name: string, env: Env): Promise<DeputyProcess> {
+  guardChildren();
+  const child = spawn(process.execPath, ['--import', ORPHAN_GUARD, 'bin/deputy.js', 'serve'], {
+    cwd: REPO_ROOT,
+    env: childEnv({ DEPUTY_LOG_FORMAT: 'json', DEPUTY_LOG_LEVEL: 'info', ...env, PORT: '0', DEPUTY_HOST: '127.0.0.1' }),
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  live.add(child);
+  const exited = once(child, 'exit').then(([code, signal]) => {
+    live.delete(child);
+    return { code: code as number | null, signal: signal as string | null };
+  });
+
+  const logs: Record<string, unknown>[] = [];
+  let stderr = '';
+  let partial = '';
+  let port: number | undefined;
+  child.stdout?.resume();
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk;
+    const lines = (partial + chunk).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      try {
+        const record = JSON.parse(line) as Record<string, unknown>;
+        logs.push(record);
+        if (record.event === 'listening') port = record.port as number;
+      } catch {
+        // Not one of Deputy's log lines (a Node warning, say): kept in stderr only.
+      }
+    }
+  });
+
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    const done = await Promise.race([exited, sleep(STOP_TIMEOUT_MS).then(() => undefined)]);
+    if (done === undefined) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+  };
+
+  try {
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    let early: { code: number | null; signal: string | null } | undefined;
+    void exited.then((status) => (early = status));
+    for (;;) {
+      if (early !== undefined) throw new Error(`exited with ${early.code ?? early.signal} before it was ready`);
+      if (Date.now() > deadline) throw new Error(`not ready within ${START_TIMEOUT_MS} ms`);
+      if (port !== undefined) {
+        const ready = await fetch(`http://127.0.0.1:${port}/readyz`).then(
+          (response) => response.status === 200,
+          () => false,
+        );
+        if (ready) break;
+      }
+      await sleep(50);
+    }
+  } catch (error) {
+    await stop();
+    throw new Error(`Deputy process ${name}: ${(error as Error).message}; stderr:\n${stderr}`);
+  }
+
+  return { name, url: `http://127.0.0.1:${port}`, pid: child.pid as number, logs, stderr: () => stderr, stop };
+}
+
+export interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `deputy ARGS…` (bin/deputy.js) with exactly this configuration; fails on a hang. */
+export function runCli(env: Env, ...args: string[]): Promise<CliRun> {
+  guardChildren();
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['bin/deputy.js', ...args], {
+      cwd: REPO_ROOT,
+      env: childEnv(env),
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: CLI_TIMEOUT_MS,
+    });
+    live.add(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      live.delete(child);
+      if (signal !== null) reject(new Error(`deputy ${args.join(' ')} was killed by ${signal}; stderr:\n${stderr}`));
+      else resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Like runCli, but the command must succeed; returns its standard output. */
+export async function cli(env: Env, ...args: string[]): Promise<string> {
+  const run = await runCli(env, ...args);
+  if (run.code !== 0) throw new Error(`deputy ${args.join(' ')} exited with ${run.code}; stderr:\n${run.stderr}`);
+  return run.stdout;
+}
+
+export interface Balancer {
+  /** The public URL: what DEPUTY_ISSUER names, where browsers and services go. */
+  url: string;
+  /** Where requests are forwarded, in turn; set once the processes are up. */
+  targets: string[];
+  /** How many requests went to each target. */
+  forwarded: Map<string, number>;
+  close(): Promise<void>;
+}
+
+/**
+ * A round-robin HTTP balancer on 127.0.0.1: each request goes, untouched, to the next target.
+ * Deputy sets Host to the issuer's itself, so nothing needs rewriting.
+ */
+export async function startBalancer(): Promise<Balancer> {
+  const server: Server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const balancer: Balancer = {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    targets: [],
+    forwarded: new Map(),
+    close: async () => {
+      server.closeAllConnections();
+      server.close();
+      await once(server, 'close');
+    },
+  };
+  let next = 0;
+  server.on('request', (incoming, outgoing) => {
+    const target = balancer.targets[next++ % Math.max(1, balancer.targets.length)];
+    if (target === undefined) {
+      outgoing.writeHead(503).end('no backend');
+      return;
+    }
+    balancer.forwarded.set(target, (balancer.forwarded.get(target) ?? 0) + 1);
+    const { hostname, port } = new URL(target);
+    const proxied = httpRequest(
+      { hostname, port, method: incoming.method, path: incoming.url, headers: incoming.headers },
+      (response) => {
+        outgoing.writeHead(response.statusCode ?? 502, response.rawHeaders);
+        response.pipe(outgoing);
+      },
+    );
+    proxied.on('error', () => {
+      if (!outgoing.headersSent) outgoing.writeHead(502);
+      outgoing.end();
+    });
+    incoming.pipe(proxied);
+  });
+  return balancer;
+}
