@@ -6,7 +6,7 @@ import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { openDatabaseOrExplain, SqliteDatabase } from './db/index.ts';
+import { isPostgresUrl, openDatabaseOrExplain, SqliteDatabase } from './db/index.ts';
 import { DelegationStore } from './db/delegations.ts';
 import { OutboxStore } from './db/outbox.ts';
 import { epoch, Store, type Agent } from './db/store.ts';
@@ -98,7 +98,10 @@ async function serve(config: Config): Promise<Server> {
     log.warn(
       { event: 'dev_idp' },
       `development sign-in is on at ${deputy.upstream.issuer}: any email signs in as verified. ` +
-        'Set DEPUTY_UPSTREAM_ISSUER for real use; NODE_ENV=production refuses this.',
+        'Set DEPUTY_UPSTREAM_ISSUER for real use; NODE_ENV=production refuses this.' +
+        (isPostgresUrl(config.dbPath)
+          ? ' Its sign-ins live in this process alone: with several processes, send a browser to one of them.'
+          : ''),
     );
   }
   const nodeEnv = process.env.NODE_ENV;

@@ -218,7 +218,8 @@ export class DelegationStore {
    * 6): the update's condition is evaluated against the row as committed, so a second caller
    * updates nothing. Returns false when the delegation is no longer usable.
    */
-  useDelegation(delegation: Delegation, record: AssertionRecord): Promise<boolean> {
+  async useDelegation(delegation: Delegation, record: AssertionRecord): Promise<boolean> {
+    if (this.#database.dialect === 'postgres') return this.#useDelegationInOneStatement(delegation, record);
     return this.#database.transaction(async (tx) => {
       const { delegations, assertions } = this.#t;
       const now = record.issuedAt;
@@ -235,6 +236,37 @@ export class DelegationStore {
       await tx.insert(assertions).values({ ...record, delegationId: delegation.id });
       return true;
     });
+  }
+
+  /**
+   * useDelegation on PostgreSQL: the update and the audit row in one statement, so the row lock
+   * a concurrent mint of the same delegation waits for is held for one round trip, not four
+   * (begin, update, insert, commit); a statement is atomic by itself.
+   */
+  async #useDelegationInOneStatement(delegation: Delegation, record: AssertionRecord): Promise<boolean> {
+    const { delegations: d, assertions: a } = this.#t;
+    const now = record.issuedAt;
+    const column = (c: { name: string }) => sql.identifier(c.name);
+    const inserted = await this.#database.execute<{ jti: string }>(sql`
+      with used as (
+        update ${d}
+        set ${column(d.uses)} = ${d.uses} + 1,
+            ${column(d.lastUsedAt)} = ${now},
+            ${column(d.consumedAt)} = case when ${d.mode} = 'once' then ${now} else ${d.consumedAt} end
+        where ${and(eq(d.id, delegation.id), usableAt(this.#t, now))}
+        returning ${d.id}
+      )
+      insert into ${a} (${sql.join(
+        [a.jti, a.delegationId, a.userId, a.agentClientId, a.audience, a.resources, a.scope, a.kid, a.issuedAt, a.expiresAt].map(column),
+        sql`, `,
+      )})
+      -- A select list's parameters are text unless cast.
+      select ${record.jti}, used.id, ${record.userId}, ${record.agentClientId}, ${record.audience},
+             ${sql.param(record.resources, a.resources)}::jsonb, ${record.scope}, ${record.kid},
+             ${record.issuedAt}::bigint, ${record.expiresAt}::bigint
+      from used
+      returning ${column(a.jti)}`);
+    return inserted.length === 1;
   }
 
   /**
@@ -316,7 +348,8 @@ export class DelegationStore {
         .from(delegations)
         .innerJoin(agents, eq(agents.clientId, delegations.agentClientId))
         .where(eq(delegations.userId, userId))
-        .orderBy(desc(delegations.createdAt)),
+        // Ties (the same second) in one order on both databases; SQLite alone would keep its own.
+        .orderBy(desc(delegations.createdAt), desc(delegations.id)),
     );
     return rows.map((row) => ({ ...row.delegation, agentName: row.agentName }));
   }

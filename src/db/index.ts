@@ -12,7 +12,7 @@ import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import SqliteDriver from 'better-sqlite3';
-import { sql } from 'drizzle-orm';
+import { sql, type SQL } from 'drizzle-orm';
 import { drizzle as drizzleSqlite, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
 import { migrate as migrateSqlite } from 'drizzle-orm/better-sqlite3/migrator';
 import { drizzle as drizzlePg, type NodePgDatabase } from 'drizzle-orm/node-postgres';
@@ -47,6 +47,8 @@ export interface Database {
    * whose statements must go through its own handle. `name` names the statement on PostgreSQL.
    */
   prepared<T>(name: string, build: (db: Db, t: Tables) => Preparable<T>): (values: Record<string, unknown>) => Promise<T[]>;
+  /** Runs one statement written with drizzle's `sql` template, outside any transaction. */
+  execute<T>(query: SQL): Promise<T[]>;
   /**
    * Runs `fn` in a transaction. `exclusive` ones also run one at a time across every process
    * on the database, for read-then-write decisions: SQLite's write lock (BEGIN IMMEDIATE) does
@@ -139,6 +141,10 @@ export class SqliteDatabase implements Database {
   prepared<T>(_name: string, build: (db: Db, t: Tables) => Preparable<T>): (values: Record<string, unknown>) => Promise<T[]> {
     const statement = build(this.#db, this.t).prepare();
     return (values) => this.#queued(async () => statement.all(values));
+  }
+
+  execute<T>(query: SQL): Promise<T[]> {
+    return this.#queued(async () => this.#db.all<T>(query));
   }
 
   transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
@@ -234,6 +240,10 @@ export class PostgresDatabase implements Database {
     const builder = build(this.#db as unknown as Db, this.t) as unknown as PgPreparable<T>;
     const statement = builder.prepare(`deputy_${name}`);
     return (values) => statement.execute(values);
+  }
+
+  async execute<T>(query: SQL): Promise<T[]> {
+    return (await this.#db.execute(query)).rows as T[];
   }
 
   transaction<T>(fn: (tx: Db) => Promise<T>, options: { exclusive?: boolean } = {}): Promise<T> {

@@ -170,7 +170,7 @@ export class OutboxStore {
         .select()
         .from(revocationEvents)
         .where(inArray(revocationEvents.delegationId, ids))
-        .orderBy(desc(revocationEvents.createdAt)),
+        .orderBy(desc(revocationEvents.createdAt), desc(revocationEvents.id)),
     );
   }
 
@@ -187,7 +187,7 @@ export class OutboxStore {
 
   list(limit = 100): Promise<RevocationEvent[]> {
     return this.#run((db, { revocationEvents }) =>
-      db.select().from(revocationEvents).orderBy(desc(revocationEvents.createdAt)).limit(limit),
+      db.select().from(revocationEvents).orderBy(desc(revocationEvents.createdAt), desc(revocationEvents.id)).limit(limit),
     );
   }
 

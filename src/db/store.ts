@@ -127,7 +127,7 @@ export class Store {
 
   listUsers(): Promise<User[]> {
     return this.#q((db, { users }) =>
-      db.select().from(users).where(isNull(users.removedAt)).orderBy(asc(users.createdAt)),
+      db.select().from(users).where(isNull(users.removedAt)).orderBy(asc(users.createdAt), asc(users.id)),
     );
   }
 
