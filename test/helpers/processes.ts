@@ -5,9 +5,10 @@
  * shared issuer.
  *
  * No child outlives the test process: `after` hooks stop them (SIGTERM, then SIGKILL), this
- * process kills any left on exit or on SIGINT/SIGTERM, and each child also stops by itself when
- * its standard input (a pipe from this process) closes, which covers this process being killed
- * outright.
+ * process kills any left on exit or on SIGINT/SIGTERM, and a watchdog process kills them when
+ * this one dies without a chance to (SIGKILL, a crash). The watchdog is plain Node, apart from
+ * Deputy: a child whose standard error nobody reads any more can hang in its own shutdown
+ * (tsx's loader thread), so it cannot be trusted to end itself.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -23,30 +24,57 @@ const STOP_TIMEOUT_MS = 5_000;
 const CLI_TIMEOUT_MS = 30_000;
 
 /**
- * Loaded before Deputy in every child: when the pipe from the test process closes (it exited or
- * was killed), the child stops as if sent SIGTERM, and exits regardless a moment later.
+ * The watchdog: reads "+PID" and "-PID" lines on standard input, a pipe from this process, and
+ * when that pipe closes (this process ended, however) SIGKILLs every PID still listed.
  */
-const ORPHAN_GUARD =
-  'data:text/javascript,process.stdin.on("end",()=>{setTimeout(()=>process.exit(1),2000).unref();' +
-  'process.kill(process.pid,"SIGTERM")}).resume()';
+const WATCHDOG = `
+const pids = new Set();
+let buffer = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (chunk) => {
+  buffer += chunk;
+  for (let i = buffer.indexOf('\\n'); i >= 0; i = buffer.indexOf('\\n')) {
+    const line = buffer.slice(0, i);
+    buffer = buffer.slice(i + 1);
+    if (line.startsWith('+')) pids.add(Number(line.slice(1)));
+    if (line.startsWith('-')) pids.delete(Number(line.slice(1)));
+  }
+});
+process.stdin.on('end', () => {
+  for (const pid of pids) { try { process.kill(pid, 'SIGKILL'); } catch {} }
+  process.exit(0);
+});
+`;
 
 const live = new Set<ChildProcess>();
-let guarded = false;
+let watchdog: ChildProcess | undefined;
 
-/** Kills every child still running when this process ends, however it ends. */
-function guardChildren(): void {
-  if (guarded) return;
-  guarded = true;
-  const killAll = () => {
-    for (const child of live) child.kill('SIGKILL');
-  };
-  process.on('exit', killAll);
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
-      killAll();
-      process.kill(process.pid, signal);
-    });
+/** Tracks a child until it exits: killed on this process's exit and by the watchdog. */
+function track(child: ChildProcess): void {
+  if (watchdog === undefined) {
+    watchdog = spawn(process.execPath, ['-e', WATCHDOG], { stdio: ['pipe', 'ignore', 'ignore'] });
+    watchdog.unref();
+    watchdog.stdin?.on('error', () => undefined);
+    (watchdog.stdin as unknown as { unref(): void }).unref();
+    const killAll = () => {
+      for (const one of live) one.kill('SIGKILL');
+    };
+    process.on('exit', killAll);
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      process.once(signal, () => {
+        killAll();
+        process.kill(process.pid, signal);
+      });
+    }
   }
+  const pid = child.pid;
+  if (pid === undefined) return;
+  live.add(child);
+  watchdog.stdin?.write(`+${pid}\n`);
+  child.once('exit', () => {
+    live.delete(child);
+    if (watchdog?.stdin?.writable) watchdog.stdin.write(`-${pid}\n`);
+  });
 }
 
 /** The environment a child gets: only what is given, plus PATH and HOME. */
@@ -71,17 +99,13 @@ export interface DeputyProcess {
  * logged the port it listens on and /readyz answers 200. `env` is Deputy's whole configuration.
  */
 export async function startDeputyProcess(name: string, env: Env): Promise<DeputyProcess> {
-  guardChildren();
-  const child = spawn(process.execPath, ['--import', ORPHAN_GUARD, 'bin/deputy.js', 'serve'], {
+  const child = spawn(process.execPath, ['bin/deputy.js', 'serve'], {
     cwd: REPO_ROOT,
     env: childEnv({ DEPUTY_LOG_FORMAT: 'json', DEPUTY_LOG_LEVEL: 'info', ...env, PORT: '0', DEPUTY_HOST: '127.0.0.1' }),
-    stdio: ['pipe', 'pipe', 'pipe'],
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  live.add(child);
-  const exited = once(child, 'exit').then(([code, signal]) => {
-    live.delete(child);
-    return { code: code as number | null, signal: signal as string | null };
-  });
+  track(child);
+  const exited = once(child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as string | null }));
 
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
@@ -106,11 +130,9 @@ export async function startDeputyProcess(name: string, env: Env): Promise<Deputy
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     child.kill('SIGTERM');
-    const done = await Promise.race([exited, sleep(STOP_TIMEOUT_MS).then(() => undefined)]);
-    if (done === undefined) {
-      child.kill('SIGKILL');
-      await exited;
-    }
+    const force = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
+    await exited;
+    clearTimeout(force);
   };
 
   try {
@@ -145,7 +167,6 @@ export interface CliRun {
 
 /** Runs `deputy ARGS…` (bin/deputy.js) with exactly this configuration; fails on a hang. */
 export function runCli(env: Env, ...args: string[]): Promise<CliRun> {
-  guardChildren();
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['bin/deputy.js', ...args], {
       cwd: REPO_ROOT,
@@ -153,14 +174,13 @@ export function runCli(env: Env, ...args: string[]): Promise<CliRun> {
       stdio: ['ignore', 'pipe', 'pipe'],
       timeout: CLI_TIMEOUT_MS,
     });
-    live.add(child);
+    track(child);
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     child.on('error', reject);
     child.on('close', (code, signal) => {
-      live.delete(child);
       if (signal !== null) reject(new Error(`deputy ${args.join(' ')} was killed by ${signal}; stderr:\n${stderr}`));
       else resolve({ code, stdout, stderr });
     });
