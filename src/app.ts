@@ -221,8 +221,9 @@ async function assemble(
     throw new PageError(404, 'Not found', 'There is no page at this address.');
   });
 
+  let purging: Promise<unknown> = Promise.resolve();
   const purgeExpired = () => {
-    Promise.all([store.purgeExpired(), delegations.purgeExpired(), purgeExpiredModels(database)]).catch(
+    purging = Promise.all([store.purgeExpired(), delegations.purgeExpired(), purgeExpiredModels(database)]).catch(
       (error: unknown) => log.error({ err: error }, 'purging expired rows failed'),
     );
   };
@@ -248,6 +249,7 @@ async function assemble(
       clearInterval(purge);
       keys.stop();
       await worker.stop();
+      await purging;
       await database.close();
     },
   };

@@ -80,8 +80,8 @@ export function loadConfig(env: Env = process.env): Config {
   const issuer = parseIssuer('DEPUTY_ISSUER', env.DEPUTY_ISSUER ?? `http://localhost:${port || 4000}`);
   const dbPath = nonEmpty('DEPUTY_DB', env.DEPUTY_DB) ?? './data/deputy.db';
   const secret = parseSecret(env.DEPUTY_SECRET, production);
+  checkDatabaseLocation(dbPath);
   if (/^postgres(ql)?:\/\//i.test(dbPath)) {
-    if (!URL.canParse(dbPath)) throw new ConfigError('DEPUTY_DB is not a valid postgres:// URL');
     // Every process must decrypt the same signing keys and honour the same cookies, and there
     // is no folder beside the database to keep a generated secret in.
     if (secret === undefined) {
@@ -255,6 +255,27 @@ function parseBoolean(name: string, value: string | undefined): boolean {
   if (value === undefined || value === '' || value === 'false' || value === '0') return false;
   if (value === 'true' || value === '1') return true;
   throw new ConfigError(`${name} must be 'true' or 'false' (or '1' or '0'), got '${value}'`);
+}
+
+/**
+ * DEPUTY_DB is a SQLite file path or a postgres:// URL. Anything that looks like a URL but is
+ * not one of those (`postgress://`, `pg://`, `postgres:/…`) is refused rather than taken as a
+ * file name: several processes would each quietly get a database of their own.
+ */
+function checkDatabaseLocation(value: string): void {
+  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(value)?.[1];
+  // A Windows drive letter (C:\…) is a path, not a scheme.
+  if (scheme === undefined || (scheme.length === 1 && /^[a-z]:[\\/]/i.test(value))) return;
+  if (!/^postgres(ql)?:\/\//i.test(value)) {
+    throw new ConfigError(`DEPUTY_DB must be a SQLite file path or a postgres:// URL, not '${scheme}:…'`);
+  }
+  const rest = value.slice(value.indexOf('//') + 2).split(/[?#]/, 1)[0] ?? '';
+  const authority = rest.split('/', 1)[0] ?? '';
+  if (rest.split('@').length > 2 || authority === '' || !URL.canParse(value)) {
+    throw new ConfigError(
+      'DEPUTY_DB is not a valid postgres:// URL (a password holding @, /, :, ? or # must be percent-encoded, @ as %40)',
+    );
+  }
 }
 
 function parseSecret(value: string | undefined, production: boolean): string | undefined {

@@ -6,7 +6,7 @@ import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { isPostgresUrl, openDatabaseOrExplain, SqliteDatabase } from './db/index.ts';
+import { isPostgresUrl, openDatabaseOrExplain, redactUrl, SqliteDatabase } from './db/index.ts';
 import { DelegationStore } from './db/delegations.ts';
 import { OutboxStore } from './db/outbox.ts';
 import { epoch, Store, type Agent } from './db/store.ts';
@@ -133,9 +133,10 @@ async function serve(config: Config): Promise<Server> {
 
   const address = server.address();
   const port = typeof address === 'object' && address !== null ? address.port : config.port;
+  const database = isPostgresUrl(config.dbPath) ? `PostgreSQL ${redactUrl(config.dbPath)}` : `SQLite ${config.dbPath}`;
   log.info(
-    { event: 'listening', issuer: config.issuer, host: config.host, port },
-    `Deputy is running at ${config.issuer} (listening on ${config.host}:${port})`,
+    { event: 'listening', issuer: config.issuer, host: config.host, port, database },
+    `Deputy is running at ${config.issuer} (listening on ${config.host}:${port}, database ${database})`,
   );
 
   // A graceful stop: stop accepting, tell load balancers (/readyz 503) and keep-alive clients

@@ -81,6 +81,37 @@ function assertConfigError(run: Run, ...fragments: string[]): void {
   }
 }
 
+describe('DEPUTY_DB', () => {
+  const secret = { DEPUTY_SECRET: 'x'.repeat(40) };
+
+  test('takes a file path, a Windows path or a postgres:// URL', () => {
+    for (const value of ['./data/deputy.db', '/var/lib/deputy/a:b.db', 'C:\\deputy\\deputy.db', ':memory:']) {
+      assert.equal(loadConfig({ DEPUTY_DB: value }).dbPath, value);
+    }
+    for (const value of ['postgres://deputy@127.0.0.1:5432/deputy', 'postgresql://u:p%40ss@db.example/deputy?sslmode=require']) {
+      assert.equal(loadConfig({ DEPUTY_DB: value, ...secret }).dbPath, value);
+    }
+  });
+
+  test('refuses what looks like a URL but is no postgres:// one, rather than making a file of that name', () => {
+    for (const value of ['postgress://deputy@db/deputy', 'pg://db/deputy', 'postgres:/deputy@db/deputy', 'postgres:deputy']) {
+      assert.throws(() => loadConfig({ DEPUTY_DB: value, ...secret }), {
+        name: 'ConfigError',
+        message: /^DEPUTY_DB must be a SQLite file path or a postgres:\/\/ URL, not '[a-z]+:…'$/,
+      });
+    }
+  });
+
+  test('refuses a postgres:// URL whose password is not percent-encoded, without repeating it', () => {
+    assert.throws(() => loadConfig({ DEPUTY_DB: 'postgres://deputy:p@ss/w0rd@db.example/deputy', ...secret }), (error: Error) => {
+      assert.equal(error.name, 'ConfigError');
+      assert.match(error.message, /^DEPUTY_DB is not a valid postgres:\/\/ URL \(a password holding @.*@ as %40\)$/);
+      assert.ok(!error.message.includes('w0rd'));
+      return true;
+    });
+  });
+});
+
 describe('deputy serve with a bad configuration', () => {
   let notFoundServer: Server;
   let notFoundIssuer: string;

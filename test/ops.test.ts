@@ -12,6 +12,7 @@ import { existsSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createLogger } from '../src/log.ts';
 import { Browser, formAction } from './helpers/browser.ts';
 import { cliEnvFor, listen, startDeputy, tempDir, TEST_DIALECT, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
@@ -180,6 +181,24 @@ describe('logs, metrics and health on a working Deputy', () => {
       assert.match(error.stderr, /exists; Deputy does not overwrite a backup/);
       return true;
     });
+  });
+
+  test('a revocation event is sent outside the request that revoked it: its lines carry no request id', async () => {
+    const home = await ada.go(`${deputy.url}/`);
+    const id = /\/delegations\/(dlg_[A-Za-z0-9_-]+)\/revoke/.exec(home.body)?.[1];
+    const csrf = /name="csrf" value="([^"]+)"/.exec(home.body)?.[1] as string;
+    const done = await ada.go(`${deputy.url}/delegations/${id}/revoke`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', 'x-request-id': 'revoke-7' },
+      body: new URLSearchParams({ csrf }).toString(),
+    });
+    assert.equal(done.status, 200);
+    assert.equal(log.lines.find((line) => line.event === 'delegation_revoked')?.req_id, 'revoke-7');
+
+    for (let i = 0; i < 200 && !log.lines.some((line) => line.event === 'revocation_delivered'); i += 1) await sleep(25);
+    const delivered = log.lines.find((line) => line.event === 'revocation_delivered');
+    assert.equal(delivered?.audience, service.issuer);
+    assert.equal(delivered?.req_id, undefined);
   });
 
   test('pages carry a Content-Security-Policy without inline script', async () => {

@@ -81,7 +81,10 @@ export async function openDatabaseOrExplain(location: string): Promise<Database>
       return database;
     } catch (error) {
       await database.close();
-      throw new ConfigError(`DEPUTY_DB: cannot connect to PostgreSQL at ${redactUrl(location)}: ${reason(error)}`);
+      const why = /password must be a string/.test(reason(error))
+        ? 'the server asks for a password and the URL holds none'
+        : reason(error);
+      throw new ConfigError(`DEPUTY_DB: cannot connect to PostgreSQL at ${redactUrl(location)}: ${why}`);
     }
   }
   try {
@@ -96,6 +99,9 @@ export function redactUrl(location: string): string {
   try {
     const url = new URL(location);
     if (url.password !== '') url.password = '***';
+    for (const key of [...url.searchParams.keys()]) {
+      if (/pass|secret|key/i.test(key)) url.searchParams.set(key, '***');
+    }
     return url.toString();
   } catch {
     return 'the configured URL';

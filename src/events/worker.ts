@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import type { OutboxStore, RevocationEvent } from '../db/outbox.ts';
 import type { KeyStore } from '../keys/keystore.ts';
 import { EVENT_TOKEN_LIFETIME_SECONDS } from '../lifetimes.ts';
+import { requestContext } from '../ops/context.ts';
 import { guardedFetch, GuardedFetchError, type FetchGuard } from '../services/fetch.ts';
 
 const BATCH = 16;
@@ -77,7 +78,10 @@ export class DeliveryWorker {
       return;
     }
     clearTimeout(this.#timer);
-    this.#running = this.#drain()
+    // Outside the request that woke it (a revoke, say): its log lines, and those of every later
+    // round its timers start, must not carry that request's id.
+    this.#running = requestContext
+      .exit(() => this.#drain())
       .then(() => (this.#stopped ? undefined : this.#options.outbox.nextDueMs()))
       .catch((error: unknown) => {
         this.#options.log.error({ err: error }, 'revocation delivery failed');
