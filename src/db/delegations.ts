@@ -55,6 +55,8 @@ export class DelegationStore {
   readonly #activeDelegation;
   readonly #isConnected;
   readonly #serviceClientId;
+  readonly #countUse;
+  readonly #recordAssertion;
 
   constructor(database: Database) {
     this.#database = database;
@@ -84,6 +86,35 @@ export class DelegationStore {
             eq(t.agentServiceClientIds.audience, sql.placeholder('audience')),
           ),
         ),
+    );
+    // A use counts, and consumes a `once` delegation, only while the delegation is usable.
+    this.#countUse = database.statement('count_use', (db, { delegations }) =>
+      db
+        .update(delegations)
+        .set({
+          uses: sql`${delegations.uses} + 1`,
+          lastUsedAt: sql`${sql.placeholder('now')}`,
+          consumedAt: sql`case when ${delegations.mode} = 'once' then ${sql.placeholder('now')} else ${delegations.consumedAt} end`,
+        })
+        .where(and(eq(delegations.id, sql.placeholder('id')), usableAt(database.t, sql.placeholder('now'))))
+        .returning({ id: delegations.id }),
+    );
+    this.#recordAssertion = database.statement('record_assertion', (db, { assertions }) =>
+      db
+        .insert(assertions)
+        .values({
+          jti: sql.placeholder('jti'),
+          delegationId: sql.placeholder('delegationId'),
+          userId: sql.placeholder('userId'),
+          agentClientId: sql.placeholder('agentClientId'),
+          audience: sql.placeholder('audience'),
+          resources: sql.placeholder('resources'),
+          scope: sql.placeholder('scope'),
+          kid: sql.placeholder('kid'),
+          issuedAt: sql.placeholder('issuedAt'),
+          expiresAt: sql.placeholder('expiresAt'),
+        })
+        .returning({ jti: assertions.jti }),
     );
     this.#activeDelegation = database.prepared('active_delegation', (db, t) =>
       db
@@ -221,19 +252,9 @@ export class DelegationStore {
   async useDelegation(delegation: Delegation, record: AssertionRecord): Promise<boolean> {
     if (this.#database.dialect === 'postgres') return this.#useDelegationInOneStatement(delegation, record);
     return this.#database.transaction(async (tx) => {
-      const { delegations, assertions } = this.#t;
-      const now = record.issuedAt;
-      const used = await tx
-        .update(delegations)
-        .set({
-          uses: sql`${delegations.uses} + 1`,
-          lastUsedAt: now,
-          consumedAt: sql`case when ${delegations.mode} = 'once' then ${now} else ${delegations.consumedAt} end`,
-        })
-        .where(and(eq(delegations.id, delegation.id), usableAt(this.#t, now)))
-        .returning({ id: delegations.id });
+      const used = await this.#countUse(tx, { id: delegation.id, now: record.issuedAt });
       if (used.length !== 1) return false;
-      await tx.insert(assertions).values({ ...record, delegationId: delegation.id });
+      await this.#recordAssertion(tx, { ...record, delegationId: delegation.id });
       return true;
     });
   }

@@ -7,7 +7,6 @@
  * the tables of schema-pg.ts, whose row types schema-pg.ts checks, at compile time, to be the
  * SQLite ones; so the one cast below changes no type a query returns.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -47,6 +46,15 @@ export interface Database {
    * whose statements must go through its own handle. `name` names the statement on PostgreSQL.
    */
   prepared<T>(name: string, build: (db: Db, t: Tables) => Preparable<T>): (values: Record<string, unknown>) => Promise<T[]>;
+  /**
+   * A statement for inside a transaction, run on the handle `transaction` gave: on SQLite,
+   * whose one connection is the transaction's, prepared once; on PostgreSQL built on that
+   * handle at each call. For the mint's writes, which run at every token request.
+   */
+  statement<T>(
+    name: string,
+    build: (db: Db, t: Tables) => Preparable<T>,
+  ): (tx: Db, values: Record<string, unknown>) => Promise<T[]>;
   /** Runs one statement written with drizzle's `sql` template, outside any transaction. */
   execute<T>(query: SQL): Promise<T[]>;
   /**
@@ -115,16 +123,30 @@ function reason(error: unknown): string {
 
 /**
  * One better-sqlite3 connection. Its calls are synchronous, but a transaction written with
- * awaits lets other requests run between its statements; the queue makes them wait, so no
- * statement lands inside a transaction it is not part of.
+ * awaits lets other requests run between its statements, and on one connection they would run
+ * inside it. So while a transaction is queued or open everything else waits its turn behind
+ * it, and a transaction begins only once the queries already under way have finished. Without
+ * a transaction, queries run at once (the common case: the mint's reads).
+ *
+ * Code inside a transaction must use the handle it was given: the database itself would wait
+ * for that same transaction to end.
  */
 export class SqliteDatabase implements Database {
   readonly dialect = 'sqlite' as const;
   readonly t = sqliteSchema;
   readonly driver: SqliteDriver.Database;
   readonly #db: Db;
+  readonly #begin: SqliteDriver.Statement;
+  readonly #commit: SqliteDriver.Statement;
+  readonly #rollback: SqliteDriver.Statement;
+  /** Exclusive work (transactions, migrations) queued or running. */
+  #exclusive = 0;
+  /** Work behind the exclusive work, in order. */
   #tail: Promise<unknown> = Promise.resolve();
-  readonly #holding = new AsyncLocalStorage<true>();
+  /** Queries started at once and not yet finished, and who waits for them to finish. */
+  #inFlight = 0;
+  #drained: (() => void) | undefined;
+  #inTransaction = false;
 
   constructor(path: string) {
     if (path !== ':memory:') {
@@ -138,59 +160,104 @@ export class SqliteDatabase implements Database {
     this.driver.pragma('busy_timeout = 5000');
     this.driver.pragma('synchronous = NORMAL');
     this.#db = drizzleSqlite(this.driver, { schema: sqliteSchema });
+    this.#begin = this.driver.prepare('BEGIN IMMEDIATE');
+    this.#commit = this.driver.prepare('COMMIT');
+    this.#rollback = this.driver.prepare('ROLLBACK');
   }
 
   run<T>(fn: (db: Db) => Promise<T>): Promise<T> {
-    return this.#queued(() => fn(this.#db));
+    if (this.#exclusive > 0) return this.#behind(() => fn(this.#db));
+    return this.#now(() => fn(this.#db));
   }
 
   prepared<T>(_name: string, build: (db: Db, t: Tables) => Preparable<T>): (values: Record<string, unknown>) => Promise<T[]> {
     const statement = build(this.#db, this.t).prepare();
-    return (values) => this.#queued(async () => statement.all(values));
+    return (values) => {
+      if (this.#exclusive > 0) return this.#behind(async () => statement.all(values));
+      // One synchronous statement: it is over before anything else can start.
+      try {
+        return Promise.resolve(statement.all(values));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    };
+  }
+
+  statement<T>(
+    _name: string,
+    build: (db: Db, t: Tables) => Preparable<T>,
+  ): (tx: Db, values: Record<string, unknown>) => Promise<T[]> {
+    const statement = build(this.#db, this.t).prepare();
+    return async (tx, values) => {
+      if (tx !== this.#db || !this.#inTransaction) throw new Error('a transaction statement run outside a transaction');
+      return statement.all(values);
+    };
   }
 
   execute<T>(query: SQL): Promise<T[]> {
-    return this.#queued(async () => this.#db.all<T>(query));
+    return this.run(async (db) => db.all<T>(query));
   }
 
   transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
-    return this.#queued(async () => {
+    return this.#alone(async () => {
       // IMMEDIATE takes the write lock at once, so another process's transaction cannot slip
       // between this one's reads and writes.
-      this.driver.exec('BEGIN IMMEDIATE');
+      this.#begin.run();
+      this.#inTransaction = true;
       try {
         const result = await fn(this.#db);
-        this.driver.exec('COMMIT');
+        this.#commit.run();
         return result;
       } catch (error) {
-        if (this.driver.inTransaction) this.driver.exec('ROLLBACK');
+        if (this.driver.inTransaction) this.#rollback.run();
         throw error;
+      } finally {
+        this.#inTransaction = false;
       }
     });
   }
 
   async migrate(): Promise<void> {
-    await this.#queued(async () => migrateSqlite(this.#db, { migrationsFolder: `${MIGRATIONS}/sqlite` }));
+    await this.#alone(async () => migrateSqlite(this.#db, { migrationsFolder: `${MIGRATIONS}/sqlite` }));
   }
 
   async ping(): Promise<void> {
-    await this.#queued(async () => this.driver.prepare('select 1').get());
+    await this.run(async () => this.driver.prepare('select 1').get());
   }
 
   async close(): Promise<void> {
-    await this.#tail.catch(() => undefined);
+    await this.#alone(async () => undefined).catch(() => undefined);
     this.driver.close();
   }
 
-  #queued<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.#holding.getStore() === true) {
-      // Waiting here would wait for itself: the caller is inside a transaction and must use
-      // the handle it was given.
-      return Promise.reject(new Error('database used outside the transaction that is running'));
+  /** Runs `fn` now, counted, so that a transaction waits for it. */
+  async #now<T>(fn: () => Promise<T>): Promise<T> {
+    this.#inFlight += 1;
+    try {
+      return await fn();
+    } finally {
+      this.#inFlight -= 1;
+      if (this.#inFlight === 0) this.#drained?.();
     }
-    const result = this.#tail.then(() => this.#holding.run(true, fn));
+  }
+
+  /** Runs `fn` after the exclusive work queued before it. */
+  #behind<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.#tail.then(fn);
     this.#tail = result.catch(() => undefined);
     return result;
+  }
+
+  /** Runs `fn` alone: after the work queued before it and the queries under way. */
+  #alone<T>(fn: () => Promise<T>): Promise<T> {
+    this.#exclusive += 1;
+    return this.#behind(async () => {
+      if (this.#inFlight > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
+      this.#drained = undefined;
+      return fn();
+    }).finally(() => {
+      this.#exclusive -= 1;
+    });
   }
 }
 
@@ -246,6 +313,13 @@ export class PostgresDatabase implements Database {
     const builder = build(this.#db as unknown as Db, this.t) as unknown as PgPreparable<T>;
     const statement = builder.prepare(`deputy_${name}`);
     return (values) => statement.execute(values);
+  }
+
+  statement<T>(
+    name: string,
+    build: (db: Db, t: Tables) => Preparable<T>,
+  ): (tx: Db, values: Record<string, unknown>) => Promise<T[]> {
+    return (tx, values) => (build(tx, this.t) as unknown as PgPreparable<T>).prepare(`deputy_${name}`).execute(values);
   }
 
   async execute<T>(query: SQL): Promise<T[]> {
