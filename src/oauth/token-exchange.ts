@@ -11,7 +11,9 @@
  * Known limit: the mint runs inside oidc-provider's token endpoint, whose per-request work
  * (body, client lookup and authentication, token lookups) is most of a mint's cost; one
  * process reaches about a quarter of the benchmark's signing ceiling, short of the 50% target
- * (README, Benchmarks). Several processes (issue 7) are the way past one event loop.
+ * (README, Benchmarks). Several processes on PostgreSQL are the way past one event loop, where
+ * they have cores of their own; on PostgreSQL each mint also costs seven queries' round trips,
+ * which fewer, combined reads (user, delegation and service client id in one) would cut.
  */
 import { randomUUID } from 'node:crypto';
 import { createLocalJWKSet, errors as joseErrors, jwtVerify } from 'jose';
