@@ -517,6 +517,8 @@ describe('the mint', () => {
       ),
       ['an Authorization header that is not Basic', () => mint(deputy, agent, { audience: service.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN }, { authorization: 'Bearer x' }), 401, 'invalid_client'],
       ['eleven resources', () => mint(deputy, agent, { audience: service.issuer, resource: Array.from({ length: 11 }, (_, i) => `${service.resource}/${i}`), subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
+      ['an audience longer than 2048 characters', () => mint(deputy, agent, { audience: `https://service.example/${'a'.repeat(2048)}`, subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
+      ['a resource longer than 2048 characters', () => mint(deputy, agent, { audience: service.issuer, resource: `${service.resource}/${'a'.repeat(2048)}`, subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
       ['an audience that is not an https URL', () => mint(deputy, agent, { audience: 'urn:example:service', subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
       ['a resource the delegation does not cover', () => mint(deputy, agent, { audience: service.issuer, resource: 'https://other.example/api', subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
       ['a scope the delegation does not cover', () => mint(deputy, agent, { audience: service.issuer, scope: 'admin', subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_scope'],
@@ -668,6 +670,24 @@ describe('the mint', () => {
       const replay = await mint(deputy, keyAgent, { ...params, ...authFields(jwt) }, {});
       assert.equal(replay.status, 401);
       assert.equal(replay.body.error, 'invalid_client');
+    });
+
+    test('takes an assertion whose exp has a fraction, and refuses a jti longer than 255 characters', async () => {
+      const params = { audience: service.issuer, subject_token: keyTokens.id_token, subject_token_type: ID_TOKEN };
+      // NumericDate allows a fraction (RFC 7519 section 2); the replay record keeps whole seconds.
+      const now = Math.floor(Date.now() / 1000);
+      const fractional = await new SignJWT({ jti: crypto.randomUUID(), exp: now + 60.5 })
+        .setProtectedHeader({ alg: 'ES256' })
+        .setIssuer(keyAgent.clientId)
+        .setSubject(keyAgent.clientId)
+        .setAudience(deputy.url)
+        .setIssuedAt(now)
+        .sign(privateKey);
+      const taken = await mint(deputy, keyAgent, { ...params, ...authFields(fractional) }, {});
+      assert.equal(taken.status, 200, JSON.stringify(taken.body));
+      const long = await mint(deputy, keyAgent, { ...params, ...authFields(await assertion({ jti: 'j'.repeat(256) })) }, {});
+      assert.equal(long.status, 401);
+      assert.equal(long.body.error, 'invalid_client');
     });
 
     test('refuses an assertion with another explicit type', async () => {

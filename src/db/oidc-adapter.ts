@@ -79,7 +79,8 @@ export function createAdapter(
         grantId: payload.grantId ?? null,
         userCode: payload.userCode ?? null,
         uid: payload.uid ?? null,
-        expiresAt: expiresIn ? epoch() + expiresIn : null,
+        // Whole seconds: oidc-provider passes what a client chose (a fractional exp) through.
+        expiresAt: expiresIn ? epoch() + Math.ceil(expiresIn) : null,
       };
       await database.run((db) =>
         db

@@ -62,6 +62,7 @@ const SESSION_TTL_SECONDS = 12 * 3600;
 
 /** Client assertions may not claim to live longer than this (RFC 7523 section 3, item 4). */
 const MAX_CLIENT_ASSERTION_LIFETIME = 600;
+const MAX_JTI_LENGTH = 255;
 
 /** Explicit types a client assertion may carry (SPEC 4.1); any other `typ` is refused. */
 const CLIENT_ASSERTION_TYPES = new Set(['JWT', 'client-authentication+jwt', 'application/client-authentication+jwt']);
@@ -339,7 +340,8 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
     },
     assertJwtClientAuthClaimsAndHeader: async (_ctx, claims, header, client) => {
       assertClientAssertion(config.issuer, claims, header, client.clientId);
-      if (!(await delegations.useClientAssertionJti(client.clientId, String(claims.jti), Number(claims.exp)))) {
+      const expiresAt = Math.ceil(claims.exp as number);
+      if (!(await delegations.useClientAssertionJti(client.clientId, claims.jti as string, expiresAt))) {
         throw new errors.InvalidClientAuth('client assertion tokens must only be used once');
       }
     },
@@ -418,6 +420,11 @@ function assertClientAssertion(
     throw new errors.InvalidClientAuth(
       `client assertion must expire within ${MAX_CLIENT_ASSERTION_LIFETIME} seconds`,
     );
+  }
+
+  // Kept until it expires, keyed by (client, jti): bounded, as any key a client chooses.
+  if (typeof claims.jti !== 'string' || claims.jti === '' || claims.jti.length > MAX_JTI_LENGTH) {
+    throw new errors.InvalidClientAuth(`client assertion jti must be a string of 1 to ${MAX_JTI_LENGTH} characters`);
   }
 
   if (header.typ !== undefined && !CLIENT_ASSERTION_TYPES.has(String(header.typ))) {

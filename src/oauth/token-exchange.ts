@@ -28,6 +28,7 @@ import { ID_JAG_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../keys/routes.ts';
 import { requestSeconds } from '../ops/context.ts';
 import type { Metrics } from '../ops/metrics.ts';
 import type { ServiceDirectory } from '../services/directory.ts';
+import { MAX_URL_LENGTH } from '../services/discovery.ts';
 
 export const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token';
 export const REFRESH_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:refresh_token';
@@ -283,6 +284,9 @@ function checkParameters(params: Params, allowLoopback: boolean): ExchangeReques
     throw new errors.InvalidTarget('an ID-JAG is for exactly one audience; request one per audience');
   }
   const audience = audiences[0] as string;
+  if (audience.length > MAX_URL_LENGTH) {
+    throw new errors.InvalidTarget(`audience may be at most ${MAX_URL_LENGTH} characters long`);
+  }
   if (!isServiceUrl(audience, allowLoopback)) {
     // Refused only for being on loopback: say which setting allows it.
     const hint = !allowLoopback && isServiceUrl(audience, true)
@@ -296,6 +300,9 @@ function checkParameters(params: Params, allowLoopback: boolean): ExchangeReques
     throw new errors.InvalidTarget(`at most ${MAX_RESOURCES} resource values per request`);
   }
   for (const resource of resources) {
+    if (resource.length > MAX_URL_LENGTH) {
+      throw new errors.InvalidTarget(`each resource may be at most ${MAX_URL_LENGTH} characters long`);
+    }
     if (!isAbsoluteUriWithoutFragment(resource)) {
       throw new errors.InvalidTarget('each resource must be an absolute URI without a fragment');
     }

@@ -65,6 +65,11 @@ export class ServiceDiscoveryError extends Error {
 }
 
 const NAME_MAX_LENGTH = 100;
+/**
+ * The longest service URL (issuer or resource) Deputy takes: audiences are keys of indexed
+ * rows, which PostgreSQL limits to about 2.7 kB, and no real issuer comes near it.
+ */
+export const MAX_URL_LENGTH = 2048;
 const PROTECTED_RESOURCE_SUFFIX = 'oauth-protected-resource';
 const AUTHORIZATION_SERVER_SUFFIX = 'oauth-authorization-server';
 
@@ -135,6 +140,9 @@ function wellKnownUrl(base: URL, suffix: string): string {
  */
 function typedForms(typed: string): [string, ...string[]] {
   const text = typed.trim();
+  if (text.length > MAX_URL_LENGTH) {
+    throw new ServiceDiscoveryError('url', `a service URL may be at most ${MAX_URL_LENGTH} characters long`);
+  }
   const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`;
   let url: URL;
   try {
@@ -405,6 +413,7 @@ function optionalUrl(value: unknown, guard: FetchGuard): string | null {
 
 /** An absolute http(s) URL without credentials, or null. */
 function parseHttpUrl(value: string): URL | null {
+  if (value.length > MAX_URL_LENGTH) return null;
   let url: URL;
   try {
     url = new URL(value);
