@@ -413,7 +413,7 @@ describe('the mint', () => {
     // An approval already past the page's check when the disconnect landed is refused where it
     // writes.
     const consentId = /\/consent\/(cns_[A-Za-z0-9_-]+)/.exec(asked.body.consent_uri as string)?.[1] as string;
-    const late = await deputy.deputy.delegations.answerConsentRequest(consentId, 'approved', {
+    const late = await deputy.deputy.delegations.answerConsentRequest(userId, consentId, 'approved', {
       userId,
       agentClientId: gone.clientId,
       audience: service.issuer,

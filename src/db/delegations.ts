@@ -4,7 +4,7 @@
  * exclusive transactions so that several processes on one database agree.
  */
 import { and, desc, eq, gt, inArray, isNull, lte, or, sql, type Placeholder, type SQL } from 'drizzle-orm';
-import type { Database, Db, Tables } from './index.ts';
+import type { Database, Db, ExclusiveScope, Tables } from './index.ts';
 import type { assertions, connections, consentRequests, delegations, DelegationMode } from './schema.ts';
 import { enqueueRevocations } from './outbox.ts';
 import { epoch, newId } from './store.ts';
@@ -137,15 +137,15 @@ export class DelegationStore {
     return this.#database.run((db) => fn(db, this.#t));
   }
 
-  #exclusive<T>(fn: (tx: Db, t: Tables) => Promise<T>): Promise<T> {
-    return this.#database.transaction((tx) => fn(tx, this.#t), { exclusive: true });
+  #exclusive<T>(scope: ExclusiveScope, fn: (tx: Db, t: Tables) => Promise<T>): Promise<T> {
+    return this.#database.transaction((tx) => fn(tx, this.#t), { exclusive: scope });
   }
 
   // Connections
 
   /** Records the agent's connection to the user under `grantId`, or refreshes the live one. */
   recordConnection(userId: string, agentClientId: string, grantId: string, scope: string): Promise<void> {
-    return this.#exclusive(async (tx, { connections }) => {
+    return this.#exclusive(`user:${userId}`, async (tx, { connections }) => {
       const now = epoch();
       const [existing] = await tx
         .select({ id: connections.id })
@@ -209,7 +209,7 @@ export class DelegationStore {
    * under them are deleted and its delegations revoked, in one transaction.
    */
   disconnect(userId: string, agentClientId: string): Promise<{ revokedDelegations: string[] }> {
-    return this.#exclusive(async (tx, t) => {
+    return this.#exclusive(`user:${userId}`, async (tx, t) => {
       const revoked = await endConnections(
         tx,
         t,
@@ -230,7 +230,7 @@ export class DelegationStore {
    * two approvals at once cannot both create one.
    */
   createDelegation(input: NewDelegation): Promise<Delegation | undefined> {
-    return this.#exclusive((tx, t) => insertUnlessActive(tx, t, input, epoch()));
+    return this.#exclusive(`user:${input.userId}`, (tx, t) => insertUnlessActive(tx, t, input, epoch()));
   }
 
   async findDelegation(id: string): Promise<Delegation | undefined> {
@@ -295,7 +295,7 @@ export class DelegationStore {
    * transaction; false if it was not theirs or already revoked.
    */
   revokeDelegation(userId: string, id: string): Promise<boolean> {
-    return this.#exclusive(async (tx, t) => {
+    return this.#exclusive(`user:${userId}`, async (tx, t) => {
       const { delegations } = t;
       const revoked = await tx
         .update(delegations)
@@ -313,7 +313,8 @@ export class DelegationStore {
    * marked removed, for the audit trail.
    */
   removeAgent(agentClientId: string): Promise<{ revokedDelegations: number } | undefined> {
-    return this.#exclusive(async (tx, t) => {
+    // Every person the agent acts for: excludes all their transactions at once.
+    return this.#exclusive('all', async (tx, t) => {
       const now = epoch();
       const [agent] = await tx
         .update(t.agents)
@@ -339,7 +340,7 @@ export class DelegationStore {
    * unlinked, so signing in again makes a new user. The row stays, marked removed.
    */
   removeUser(userId: string): Promise<{ revokedDelegations: number } | undefined> {
-    return this.#exclusive(async (tx, t) => {
+    return this.#exclusive(`user:${userId}`, async (tx, t) => {
       const now = epoch();
       const [user] = await tx
         .update(t.users)
@@ -396,7 +397,7 @@ export class DelegationStore {
     // An agent that retries while the person decides gets the same link back, not a new row
     // each time, as long as more than half its life is left; looked up and written in one
     // exclusive transaction, so retries at once get one link.
-    return this.#exclusive(async (tx, { consentRequests }) => {
+    return this.#exclusive(`user:${input.userId}`, async (tx, { consentRequests }) => {
       const now = epoch();
       const candidates = await tx
         .select()
@@ -459,17 +460,26 @@ export class DelegationStore {
    * transaction. Returns undefined if the request was already answered or has expired.
    */
   answerConsentRequest(
+    userId: string,
     id: string,
     outcome: 'approved' | 'denied',
     delegation: NewDelegation | null,
   ): Promise<{ request: ConsentRequest; delegation: Delegation | null } | 'already-delegated' | 'not-connected' | undefined> {
-    return this.#exclusive(async (tx, t) => {
+    if (delegation !== null && delegation.userId !== userId) throw new Error('a delegation for another person');
+    return this.#exclusive(`user:${userId}`, async (tx, t) => {
       const { consentRequests } = t;
       const now = epoch();
       const [open] = await tx
         .select({ id: consentRequests.id })
         .from(consentRequests)
-        .where(and(eq(consentRequests.id, id), isNull(consentRequests.outcome), gt(consentRequests.expiresAt, now)));
+        .where(
+          and(
+            eq(consentRequests.id, id),
+            eq(consentRequests.userId, userId),
+            isNull(consentRequests.outcome),
+            gt(consentRequests.expiresAt, now),
+          ),
+        );
       if (open === undefined) return undefined;
 
       let created: Delegation | null = null;

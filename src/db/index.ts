@@ -26,6 +26,13 @@ export type Tables = typeof sqliteSchema;
 export type Db = BetterSQLite3Database<Tables>;
 export type Dialect = 'sqlite' | 'postgres';
 
+export interface TransactionOptions {
+  exclusive?: ExclusiveScope;
+}
+
+/** `'all'`, or a kind and an id: `user:usr_…`, `upstream:<issuer> <subject>`, `keys:signing`. */
+export type ExclusiveScope = 'all' | `${'user' | 'upstream' | 'keys'}:${string}`;
+
 /** A select built once and run many times with placeholder values (see Database.prepared). */
 export interface Preparable<T> {
   prepare(): { all(values?: Record<string, unknown>): T[] };
@@ -58,11 +65,13 @@ export interface Database {
   /** Runs one statement written with drizzle's `sql` template, outside any transaction. */
   execute<T>(query: SQL): Promise<T[]>;
   /**
-   * Runs `fn` in a transaction. `exclusive` ones also run one at a time across every process
-   * on the database, for read-then-write decisions: SQLite's write lock (BEGIN IMMEDIATE) does
-   * that for every transaction; on PostgreSQL an advisory lock held until commit does.
+   * Runs `fn` in a transaction. An `exclusive` one also runs alone among those of its scope,
+   * across every process on the database, for read-then-write decisions: `'all'` excludes every
+   * exclusive transaction, a scope such as `user:ID` those of the same scope (and `'all'`).
+   * SQLite's write lock (BEGIN IMMEDIATE) makes every transaction run alone; on PostgreSQL
+   * advisory locks held until commit do it.
    */
-  transaction<T>(fn: (tx: Db) => Promise<T>, options?: { exclusive?: boolean }): Promise<T>;
+  transaction<T>(fn: (tx: Db) => Promise<T>, options?: TransactionOptions): Promise<T>;
   /** Applies every migration this database has not seen. */
   migrate(): Promise<void>;
   /** A trivial query, for /readyz. */
@@ -265,10 +274,16 @@ interface PgPreparable<T> {
   prepare(name: string): { execute(values?: Record<string, unknown>): Promise<T[]> };
 }
 
-/** A key of Deputy's own for pg_advisory_xact_lock: "dpty" in ASCII. */
-const EXCLUSIVE_LOCK = 0x64707479;
-/** Another, held by the process applying migrations so that processes starting at once take turns. */
-const MIGRATION_LOCK = 0x64707480;
+/**
+ * Deputy's advisory locks, in the two-key space: (EVERYTHING, 0) is taken exclusively by an
+ * `'all'` transaction and shared by every scoped one, which also takes (SCOPES, hash of its
+ * scope) exclusively. Always in that order, and one scope per transaction, so they cannot
+ * deadlock; two scopes whose hashes collide merely take turns.
+ */
+const EVERYTHING = 0x64707479; // "dpty"
+const SCOPES = 0x64707480;
+/** Held by the process applying migrations, so that processes starting at once take turns. */
+const MIGRATION_LOCK = 0x64707481;
 
 /**
  * PostgreSQL text cannot hold U+0000, and a statement with one in a parameter fails as a whole;
@@ -326,9 +341,16 @@ export class PostgresDatabase implements Database {
     return (await this.#db.execute(query)).rows as T[];
   }
 
-  transaction<T>(fn: (tx: Db) => Promise<T>, options: { exclusive?: boolean } = {}): Promise<T> {
+  transaction<T>(fn: (tx: Db) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+    const scope = options.exclusive;
     return this.#db.transaction(async (tx) => {
-      if (options.exclusive === true) await tx.execute(sql`select pg_advisory_xact_lock(${EXCLUSIVE_LOCK})`);
+      if (scope === 'all') {
+        await tx.execute(sql`select pg_advisory_xact_lock(${EVERYTHING}, 0)`);
+      } else if (scope !== undefined) {
+        await tx.execute(
+          sql`select pg_advisory_xact_lock_shared(${EVERYTHING}, 0), pg_advisory_xact_lock(${SCOPES}, hashtext(${scope}))`,
+        );
+      }
       return fn(tx as unknown as Db);
     });
   }

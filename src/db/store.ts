@@ -4,7 +4,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { and, asc, eq, gt, isNull, lte, sql } from 'drizzle-orm';
-import type { Database, Db, Tables } from './index.ts';
+import type { Database, Db, ExclusiveScope, Tables } from './index.ts';
 import type { agents, loginAttempts, signingKeys, users } from './schema.ts';
 
 export type User = typeof users.$inferSelect;
@@ -112,7 +112,7 @@ export class Store {
         await tx.insert(upstreamIdentities).values({ issuer, subject, userId: (user as User).id });
         return user as User;
       },
-      { exclusive: true },
+      { exclusive: `upstream:${issuer} ${subject}` },
     );
   }
 
@@ -252,8 +252,8 @@ export class Store {
    * Runs `fn` in an exclusive transaction, with a store bound to it: for read-then-write
    * decisions that several processes on one database must agree on.
    */
-  exclusive<T>(fn: (store: Store) => Promise<T>): Promise<T> {
+  exclusive<T>(scope: ExclusiveScope, fn: (store: Store) => Promise<T>): Promise<T> {
     if (this.#tx !== undefined) return fn(this);
-    return this.database.transaction((tx) => fn(new Store(this.database, tx)), { exclusive: true });
+    return this.database.transaction((tx) => fn(new Store(this.database, tx)), { exclusive: scope });
   }
 }

@@ -102,7 +102,7 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
   async init(): Promise<void> {
     if ((await this.#store.allSigningKeys()).length === 0) {
       const row = await this.#generate(this.#policy.alg, epoch());
-      await this.#store.exclusive(async (tx) => {
+      await this.#store.exclusive('keys:signing', async (tx) => {
         if ((await tx.allSigningKeys()).length === 0) await tx.insertSigningKey(row);
       });
     }
@@ -179,7 +179,7 @@ export class KeyStore extends EventEmitter<{ change: [ActiveKey]; error: [unknow
     const now = epoch();
     // Times are whole seconds; one more makes the delay at least prepublishSeconds in full.
     const row = await this.#generate(alg, now + this.#policy.prepublishSeconds + 1);
-    const inserted = await this.#store.exclusive(async (tx) => {
+    const inserted = await this.#store.exclusive('keys:signing', async (tx) => {
       const rows = await tx.allSigningKeys();
       if (rows.some((r) => keyState(r, now) === 'next')) return undefined;
       const current = activeRow(rows, now);
@@ -302,7 +302,7 @@ export async function reencryptKeys(store: Store, from: Uint8Array, to: Uint8Arr
     });
     updated.push({ kid: row.kid, privateJwe: await encryptPrivateJwk(row.kid, jwk, to) });
   }
-  await store.exclusive(async (tx) => {
+  await store.exclusive('keys:signing', async (tx) => {
     for (const { kid, privateJwe } of updated) await tx.updateSigningKeyCiphertext(kid, privateJwe);
   });
   return updated.length;

@@ -207,7 +207,7 @@ export function pageRoutes(options: Options): Router {
     sessions.requireCsrf(ctx, body.csrf);
 
     if (body.decision === 'deny') {
-      await delegations.answerConsentRequest(request.id, 'denied', null);
+      await delegations.answerConsentRequest(user.id, request.id, 'denied', null);
       log.info({ event: 'consent_denied', user: user.id, client: request.agentClientId }, 'consent denied');
       // Named as the consent page named it; a service that cannot be read now is named by its
       // audience, the denial stands either way.
@@ -231,7 +231,7 @@ export function pageRoutes(options: Options): Router {
         scope: chosenScopes(body.scope, service.scopesSupported),
       }),
     );
-    const answered = await delegations.answerConsentRequest(request.id, 'approved', chosen);
+    const answered = await delegations.answerConsentRequest(user.id, request.id, 'approved', chosen);
     if (answered === 'not-connected') throw notConnected();
     if (answered === 'already-delegated') {
       throw alreadyAllowed((await store.findAgent(request.agentClientId))?.name ?? request.agentClientId);
