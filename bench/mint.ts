@@ -48,8 +48,8 @@
  * process, with each process's peak RSS (VmHWM from /proc, its whole life: start, setup and
  * the run) and the CPU time it used during the load (/proc/PID/stat). The ceiling and JWKS
  * runs are not repeated there. The processes are stopped and the database dropped at the end,
- * also on failure and on Ctrl-C (SIGINT/SIGTERM); the processes also stop by themselves if
- * this one is killed outright, but the database then stays.
+ * also on failure and on Ctrl-C (SIGINT/SIGTERM); if this one is killed outright, a watchdog
+ * process kills the Deputy processes (test/helpers/processes.ts), but the database then stays.
  *
  * Not a test: it prints numbers and asserts only that the setup worked. With --json, one JSON
  * object; --postgres adds a `postgres` object to it (whose errors are not in the top-level
@@ -81,7 +81,7 @@ import { Store } from '../src/db/store.ts';
 import { basic, connectByDevice, ID_JAG, REFRESH_TOKEN, TOKEN_EXCHANGE } from '../test/helpers/agent.ts';
 import { Browser, formAction } from '../test/helpers/browser.ts';
 import { NO_RATE_LIMITS } from '../test/helpers/deputy.ts';
-import { killAll, startBalancer, startDeputyProcess, type DeputyProcess } from './deputy-processes.ts';
+import { killAll, startBalancer, startDeputyProcess, type DeputyProcess } from '../test/helpers/processes.ts';
 import type { LoadJob, LoadRequest, LoadResult } from './mint-load.ts';
 import { SEEDED_AUDIENCES, seedPostgres, seedSqlite } from './seed.ts';
 

@@ -104,7 +104,9 @@ async function assemble(
   });
   let draining = false;
 
-  const app = new Koa({ keys: secrets.cookieKeys, proxy: config.trustProxy });
+  // Behind the proxy, the client's address is the last one in X-Forwarded-For, the one the
+  // proxy added; those before it are whatever the client sent.
+  const app = new Koa({ keys: secrets.cookieKeys, proxy: config.trustProxy, maxIpsCount: 1 });
   app.silent = true;
   app.use(requestTracking({ log, metrics, draining: () => draining }));
   app.use(canonicalOrigin(config.issuer));

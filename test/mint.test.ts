@@ -277,6 +277,33 @@ describe('the mint', () => {
     }
   });
 
+  test('a service whose metadata holds a lone surrogate or U+0000 still gets a consent page', async () => {
+    const odd = await startAuthMdService({ trustedIssuers: [deputy.url], name: 'Odd \ud800 Serv\u0000ice' });
+    try {
+      const asked = await mint(deputy, agent, { audience: odd.issuer, subject_token: tokens.id_token, subject_token_type: ID_TOKEN });
+      assert.equal(asked.body.error, 'consent_required');
+      const page = await ada.go(asked.body.consent_uri as string);
+      assert.equal(page.status, 200);
+      assert.match(page.body, /<strong>Odd \uFFFD Serv.?ice<\/strong>/);
+    } finally {
+      await odd.close();
+    }
+  });
+
+  test('an agent may have at most 20 consent requests waiting for one person', async () => {
+    const asker = await addAgent(deputy, 'Asking Bot');
+    const asked = await connectByDevice(deputy, asker, ada);
+    const ask = (i: number) =>
+      mint(deputy, asker, { audience: `https://service-${i}.example`, subject_token: asked.id_token, subject_token_type: ID_TOKEN });
+    for (let i = 0; i < 20; i += 1) assert.equal((await ask(i)).body.error, 'consent_required');
+    // The same request again gets its link back; a new one waits for answers.
+    assert.equal((await ask(0)).body.error, 'consent_required');
+    const refused = await ask(20);
+    assert.equal(refused.status, 400);
+    assert.equal(refused.body.error, 'invalid_request');
+    assert.match(refused.body.error_description as string, /already has 20 consent requests waiting/);
+  });
+
   test('refuses the consent link to anyone but the person it is for', async () => {
     const first = await mint(deputy, agent, {
       audience: `${service.issuer}/elsewhere`,
@@ -519,6 +546,7 @@ describe('the mint', () => {
       ['eleven resources', () => mint(deputy, agent, { audience: service.issuer, resource: Array.from({ length: 11 }, (_, i) => `${service.resource}/${i}`), subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
       ['an audience longer than 2048 characters', () => mint(deputy, agent, { audience: `https://service.example/${'a'.repeat(2048)}`, subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
       ['a resource longer than 2048 characters', () => mint(deputy, agent, { audience: service.issuer, resource: `${service.resource}/${'a'.repeat(2048)}`, subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
+      ['a scope longer than 1024 characters', () => mint(deputy, agent, { audience: service.issuer, scope: 'read '.repeat(205), subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_scope'],
       ['an audience that is not an https URL', () => mint(deputy, agent, { audience: 'urn:example:service', subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
       ['a resource the delegation does not cover', () => mint(deputy, agent, { audience: service.issuer, resource: 'https://other.example/api', subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_target'],
       ['a scope the delegation does not cover', () => mint(deputy, agent, { audience: service.issuer, scope: 'admin', subject_token: tokens.id_token, subject_token_type: ID_TOKEN }), 400, 'invalid_scope'],

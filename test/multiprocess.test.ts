@@ -56,6 +56,7 @@ import {
 import { REVOKED_EVENT, startAuthMdService, type AuthMdService } from './helpers/services.ts';
 import { cli, startBalancer, startDeputyProcess, type Balancer, type DeputyProcess } from './helpers/processes.ts';
 import { startUpstream, type TestUpstream } from './helpers/upstream.ts';
+import { waitFor } from './helpers/wait.ts';
 import type { Env } from '../src/config.ts';
 
 const CLIENT_ASSERTION = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
@@ -78,16 +79,6 @@ const FAST = {
 /** What the helpers in agent.ts need of a Deputy: its URL. */
 function at(url: string): RunningDeputy {
   return { url } as unknown as RunningDeputy;
-}
-
-async function waitFor<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
 }
 
 async function jwksOf(url: string): Promise<JSONWebKeySet> {

@@ -287,6 +287,16 @@ describe('limits', () => {
   test('the token endpoint allows each client its own number of requests, then 429 with Retry-After', async () => {
     // Failed authentications under a client's name do not spend that client's allowance.
     for (let i = 0; i < 3; i += 1) assert.equal((await refresh(agent, 'wrong')).status, 401);
+    // Nor do requests refused before client authentication, such as a body that is no form:
+    // anyone can name a client.
+    for (let i = 0; i < 3; i += 1) {
+      const notForm = await fetch(`${deputy.url}/token`, {
+        method: 'POST',
+        headers: { authorization: basic({ clientId: agent.clientId, clientSecret: 'unknown' }), 'content-type': 'text/plain' },
+        body: 'x',
+      });
+      assert.equal(notForm.status, 400);
+    }
     for (let i = 0; i < 3; i += 1) {
       const answer = await refresh(agent);
       assert.equal(answer.status, 400);

@@ -14,26 +14,13 @@ import {
   type AuthMdService,
 } from './helpers/services.ts';
 import { startUpstream, type TestUpstream } from './helpers/upstream.ts';
+import { waitFor } from './helpers/wait.ts';
 
 const FAST_EVENTS = {
   DEPUTY_ALLOW_LOOPBACK_SERVICES: 'true',
   DEPUTY_EVENT_RETRY_BASE_MS: '40',
   DEPUTY_EVENT_POLL_MS: '50',
 };
-
-async function waitFor<T>(
-  what: string,
-  fn: () => T | undefined | false | Promise<T | undefined | false>,
-  timeoutMs = 10_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
 
 describe('revocation reaches services', () => {
   const dir = tempDir();

@@ -48,6 +48,9 @@ export interface AssertionRecord {
   expiresAt: number;
 }
 
+/** Consent requests one agent may have waiting for one person at a time. */
+export const MAX_OPEN_CONSENT_REQUESTS = 20;
+
 export class DelegationStore {
   readonly #database: Database;
   readonly #t: Tables;
@@ -393,7 +396,7 @@ export class DelegationStore {
   createConsentRequest(
     input: Pick<ConsentRequest, 'userId' | 'agentClientId' | 'audience' | 'resources' | 'scope'>,
     ttlSeconds: number,
-  ): Promise<ConsentRequest & { expiresIn: number }> {
+  ): Promise<(ConsentRequest & { expiresIn: number }) | 'too-many'> {
     // An agent that retries while the person decides gets the same link back, not a new row
     // each time, as long as more than half its life is left; looked up and written in one
     // exclusive transaction, so retries at once get one link.
@@ -415,6 +418,21 @@ export class DelegationStore {
         (r) => r.scope === input.scope && JSON.stringify(r.resources) === JSON.stringify(input.resources),
       );
       if (open !== undefined) return { ...open, expiresIn: open.expiresAt - now };
+
+      // An agent asking again and again, for other audiences or scopes, may not fill the
+      // person's page and the database with requests: a bounded number wait at a time.
+      const [waiting] = await tx
+        .select({ n: sql<number>`count(*)`.mapWith(Number) })
+        .from(consentRequests)
+        .where(
+          and(
+            eq(consentRequests.userId, input.userId),
+            eq(consentRequests.agentClientId, input.agentClientId),
+            isNull(consentRequests.outcome),
+            gt(consentRequests.expiresAt, now),
+          ),
+        );
+      if ((waiting?.n ?? 0) >= MAX_OPEN_CONSENT_REQUESTS) return 'too-many';
 
       const [created] = await tx
         .insert(consentRequests)

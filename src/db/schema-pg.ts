@@ -25,16 +25,23 @@ import type { DelegationMode, EventDialect, EventState, TokenEndpointAuthMethod 
 const now = sql`floor(extract(epoch from now()))::bigint`;
 
 /**
- * jsonb, whose strings cannot hold U+0000 (PostgreSQL refuses the whole value): such a
- * character, which SQLite would keep, is stored as U+FFFD, as index.ts does for text.
+ * jsonb, whose strings cannot hold U+0000 or a lone surrogate (PostgreSQL refuses the whole
+ * value): such a character, which SQLite would keep, is stored as U+FFFD, as index.ts does for
+ * text. Keys too: a service's metadata is anyone's JSON.
  */
 const jsonb = customType<{ data: unknown; driverData: unknown }>({
   dataType: () => 'jsonb',
-  toDriver: (value) =>
-    JSON.stringify(value, (_key, member: unknown) =>
-      typeof member === 'string' ? member.replaceAll('\u0000', '\uFFFD') : member,
-    ),
+  toDriver: (value) => JSON.stringify(storable(value)),
 });
+
+function storable(value: unknown): unknown {
+  if (typeof value === 'string') return value.toWellFormed().replaceAll('\u0000', '\uFFFD');
+  if (Array.isArray(value)) return value.map(storable);
+  if (value !== null && typeof value === 'object' && !(value instanceof Date)) {
+    return Object.fromEntries(Object.entries(value).map(([key, member]) => [storable(key) as string, storable(member)]));
+  }
+  return value;
+}
 
 /** A person. `id` is the opaque, stable `sub` Deputy asserts to services. */
 export const users = pgTable('users', {

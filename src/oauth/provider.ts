@@ -391,6 +391,11 @@ function buildProvider(options: AuthorizationServerOptions): Provider {
       'token request refused',
     );
   });
+  // oidc-provider answers an unexpected error with 500 server_error and says nothing more:
+  // the cause (a database that does not answer, say) goes to the log.
+  provider.on('server_error', (_ctx, error) => {
+    options.log.error({ err: error, event: 'server_error' }, 'the authorization server failed a request');
+  });
   options.extend(provider);
   return provider;
 }

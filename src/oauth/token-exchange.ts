@@ -21,7 +21,7 @@ import type { Logger } from 'pino';
 import { errors, type KoaContextWithOIDC, type Provider } from 'oidc-provider';
 import { idJagClaims, signIdJag } from '../assertions/id-jag.ts';
 import type { Config } from '../config.ts';
-import type { Delegation, DelegationStore } from '../db/delegations.ts';
+import { MAX_OPEN_CONSENT_REQUESTS, type Delegation, type DelegationStore } from '../db/delegations.ts';
 import { epoch, type Store, type User } from '../db/store.ts';
 import type { KeyStore } from '../keys/keystore.ts';
 import { ID_JAG_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from '../keys/routes.ts';
@@ -35,6 +35,8 @@ export const REFRESH_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:refresh_toke
 export const CONSENT_REQUEST_TTL_SECONDS = 600;
 /** Each resource may cost a metadata fetch (grantedResources); an ID-JAG needs few. */
 const MAX_RESOURCES = 10;
+/** Longer than any real list of scopes; a consent request keeps what the agent asked for. */
+const MAX_SCOPE_LENGTH = 1024;
 
 const PARAMETERS = [
   'audience',
@@ -176,6 +178,11 @@ export function registerTokenExchange(provider: Provider, options: Options): voi
       },
       CONSENT_REQUEST_TTL_SECONDS,
     );
+    if (consent === 'too-many') {
+      throw new errors.InvalidRequest(
+        `this agent already has ${MAX_OPEN_CONSENT_REQUESTS} consent requests waiting for the user; ask again once they are answered or expire`,
+      );
+    }
     log.info(
       { event: 'mint', result: 'consent_required', client: agentClientId, user: user.id, audience: request.audience },
       'no delegation for this audience',
@@ -308,6 +315,9 @@ function checkParameters(params: Params, allowLoopback: boolean): ExchangeReques
     }
   }
 
+  if ((params.scope ?? '').length > MAX_SCOPE_LENGTH) {
+    throw new errors.InvalidScope(`scope may be at most ${MAX_SCOPE_LENGTH} characters long`, '');
+  }
   const scope = [...new Set((params.scope ?? '').split(' ').filter((s) => s !== ''))];
   return { audience, resources, scope };
 }

@@ -195,11 +195,11 @@ export function rateLimits(config: Config, metrics: Metrics, pool?: pg.Pool): Ko
   return async function limitRate(ctx, next) {
     if (CLIENT_ENDPOINTS.has(ctx.path) && ctx.method === 'POST') {
       if (authFailures !== undefined) {
-        const failures = await authFailures.limiter.get(ctx.ip);
+        const failures = await authFailures.limiter.get(limitKey(ctx.ip));
         if (failures !== null && failures.remainingPoints <= 0) return tooMany(ctx, authFailures.name, failures);
       }
       const clientId = claimedClientId(ctx);
-      const key = clientId ?? `address:${ctx.ip}`;
+      const key = limitKey(clientId ?? `address:${ctx.ip}`);
       if (token !== undefined) {
         try {
           await token.limiter.consume(key);
@@ -209,17 +209,21 @@ export function rateLimits(config: Config, metrics: Metrics, pool?: pg.Pool): Ko
         }
       }
       await next();
-      if (ctx.status === 401) {
-        if (token !== undefined && clientId !== undefined) await token.limiter.reward(key, 1);
-        await authFailures?.limiter.penalty(ctx.ip, 1);
-      }
+      // Charged to the client it named only if that client authenticated: a request refused
+      // before or at client authentication (a wrong secret, a body that is not a form) must not
+      // spend the allowance of a client whose id anyone can read.
+      // (oidc-provider knows the client before it has checked the secret: a 401 says it failed.)
+      const named = (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId;
+      const authenticated = named === clientId && ctx.status !== 401;
+      if (clientId !== undefined && !authenticated) await token?.limiter.reward(key, 1);
+      if (ctx.status === 401) await authFailures?.limiter.penalty(limitKey(ctx.ip), 1);
       return;
     }
 
     const page = pageLimiter(ctx.method, ctx.path);
     if (page !== undefined) {
       try {
-        await page.limiter.consume(ctx.ip);
+        await page.limiter.consume(limitKey(ctx.ip));
       } catch (refused) {
         if (refused instanceof RateLimiterRes) return tooMany(ctx, page.name, refused);
         throw refused;
@@ -251,6 +255,14 @@ export function rateLimits(config: Config, metrics: Metrics, pool?: pg.Pool): Ko
  * private_key_jwt) are limited by address instead: oidc-provider reads the body itself, and
  * reading it here first would put it on a fallback path oidc-provider does not recommend.
  */
+/**
+ * A counter's key: short keys as they are, longer ones (a client id is whatever a header says)
+ * by their hash, so every key fits the PostgreSQL counters' key column.
+ */
+function limitKey(key: string): string {
+  return key.length <= 128 ? key : `sha256:${createHash('sha256').update(key).digest('base64url')}`;
+}
+
 function claimedClientId(ctx: Koa.Context): string | undefined {
   const authorization = ctx.get('Authorization');
   if (!/^basic /i.test(authorization)) return undefined;

@@ -2,16 +2,20 @@
  * Deputy as real operating-system processes, the way several instances behind a load balancer
  * run: `node bin/deputy.js serve` children sharing one database, the `deputy` command line run
  * against that database, and a small round-robin balancer in this process whose URL is the
- * shared issuer.
+ * shared issuer. Used by the tests (test/multiprocess.test.ts) and by the bench
+ * (bench/mint.ts --postgres), which also reads each process's peak RSS and CPU time.
  *
- * No child outlives the test process: `after` hooks stop them (SIGTERM, then SIGKILL), this
- * process kills any left on exit or on SIGINT/SIGTERM, and a watchdog process kills them when
- * this one dies without a chance to (SIGKILL, a crash). The watchdog is plain Node, apart from
- * Deputy: a child whose standard error nobody reads any more can hang in its own shutdown
- * (tsx's loader thread), so it cannot be trusted to end itself.
+ * No child outlives this process: its owner stops them (`stop()`: SIGTERM, then SIGKILL), this
+ * process kills any left on exit and, unless something else handles the signal (the bench
+ * cleans up on SIGINT/SIGTERM, then exits), on SIGINT/SIGTERM; and a watchdog process kills
+ * them when this one dies without a chance to (SIGKILL, a crash). The watchdog is plain Node,
+ * apart from Deputy: a child cannot be trusted to end itself (one whose standard error nobody
+ * reads any more can hang in its own shutdown, in tsx's loader thread, and one stopping itself
+ * when its standard input closed was once seen hanging in Atomics.wait).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -19,9 +23,11 @@ import { fileURLToPath } from 'node:url';
 import type { Env } from '../../src/config.ts';
 
 export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const START_TIMEOUT_MS = 30_000;
+const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 5_000;
 const CLI_TIMEOUT_MS = 30_000;
+/** What is kept of a Deputy process's standard error as text, for failure messages. */
+const STDERR_TAIL = 64 * 1024;
 
 /**
  * The watchdog: reads "+PID" and "-PID" lines on standard input, a pipe from this process, and
@@ -49,6 +55,24 @@ process.stdin.on('end', () => {
 const live = new Set<ChildProcess>();
 let watchdog: ChildProcess | undefined;
 
+/** SIGKILLs every child still running; synchronous, for `exit` and signal handlers. */
+export function killAll(): void {
+  for (const child of live) child.kill('SIGKILL');
+}
+
+/**
+ * On SIGINT/SIGTERM: if another listener handles the signal, it is theirs (they stop what they
+ * started, and `exit` kills what is left); otherwise the children are killed and the signal's
+ * default action, ending this process, is taken after all. Runs before the other listeners
+ * (prepended), so it sees them all.
+ */
+function onSignal(signal: NodeJS.Signals): void {
+  if (process.listenerCount(signal) > 1) return;
+  killAll();
+  process.removeListener(signal, onSignal);
+  process.kill(process.pid, signal);
+}
+
 /** Tracks a child until it exits: killed on this process's exit and by the watchdog. */
 function track(child: ChildProcess): void {
   if (watchdog === undefined) {
@@ -56,16 +80,8 @@ function track(child: ChildProcess): void {
     watchdog.unref();
     watchdog.stdin?.on('error', () => undefined);
     (watchdog.stdin as unknown as { unref(): void }).unref();
-    const killAll = () => {
-      for (const one of live) one.kill('SIGKILL');
-    };
     process.on('exit', killAll);
-    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-      process.once(signal, () => {
-        killAll();
-        process.kill(process.pid, signal);
-      });
-    }
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) process.prependListener(signal, onSignal);
   }
   const pid = child.pid;
   if (pid === undefined) return;
@@ -82,6 +98,19 @@ function childEnv(env: Env): NodeJS.ProcessEnv {
   return { PATH: process.env.PATH, HOME: process.env.HOME, ...env };
 }
 
+let clockTicks: number | undefined;
+/** The kernel's clock ticks per second, the unit of /proc/PID/stat's CPU times. */
+function ticksPerSecond(): number {
+  if (clockTicks === undefined) {
+    try {
+      clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  return clockTicks;
+}
+
 export interface DeputyProcess {
   name: string;
   /** Where this process listens, `http://127.0.0.1:<port>`: requests may go straight here. */
@@ -89,46 +118,75 @@ export interface DeputyProcess {
   pid: number;
   /** Every JSON line the process logged so far, in order. */
   logs: Record<string, unknown>[];
-  /** Its standard error as text, for failure messages. */
+  /** Its standard error as text (the last STDERR_TAIL characters), for failure messages. */
   stderr(): string;
+  /** The process's peak resident set (VmHWM) so far, in bytes; undefined where /proc is not. */
+  peakRss(): number | undefined;
+  /** CPU time (user + system) the process used so far, in seconds; undefined where /proc is not. */
+  cpuSeconds(): number | undefined;
   stop(): Promise<void>;
 }
 
+/** A port 127.0.0.1 has free right now (the child binds it a moment later). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
 /**
- * Starts `deputy serve` on 127.0.0.1 and a port of the system's choosing, and resolves once it
- * logged the port it listens on and /readyz answers 200. `env` is Deputy's whole configuration.
+ * Starts `deputy serve` on 127.0.0.1 and a free port, and resolves once /readyz answers 200.
+ * `env` is Deputy's whole configuration (plus PATH and HOME); it logs JSON at level info unless
+ * `env` says otherwise. The port is chosen here rather than read from the child's log, so the
+ * log level may be above info (the bench's, as info logs every request); a port taken in
+ * between is retried with another.
  */
 export async function startDeputyProcess(name: string, env: Env): Promise<DeputyProcess> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await startOnce(name, env, await freePort());
+    } catch (error) {
+      if (attempt >= 3 || !/already in use/.test((error as Error).message)) throw error;
+    }
+  }
+}
+
+async function startOnce(name: string, env: Env, port: number): Promise<DeputyProcess> {
   const child = spawn(process.execPath, ['bin/deputy.js', 'serve'], {
     cwd: REPO_ROOT,
-    env: childEnv({ DEPUTY_LOG_FORMAT: 'json', DEPUTY_LOG_LEVEL: 'info', ...env, PORT: '0', DEPUTY_HOST: '127.0.0.1' }),
-    stdio: ['ignore', 'pipe', 'pipe'],
+    env: childEnv({ DEPUTY_LOG_FORMAT: 'json', DEPUTY_LOG_LEVEL: 'info', ...env, PORT: String(port), DEPUTY_HOST: '127.0.0.1' }),
+    stdio: ['ignore', 'ignore', 'pipe'],
   });
   track(child);
-  const exited = once(child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as string | null }));
+  let exit: { code: number | null; signal: string | null } | undefined;
+  const exited = once(child, 'exit').then(([code, signal]) => {
+    exit = { code: code as number | null, signal: signal as string | null };
+  });
 
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
   let partial = '';
-  let port: number | undefined;
-  child.stdout?.resume();
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
+    stderr = (stderr + chunk).slice(-STDERR_TAIL);
     const lines = (partial + chunk).split('\n');
     partial = lines.pop() ?? '';
     for (const line of lines) {
       try {
-        const record = JSON.parse(line) as Record<string, unknown>;
-        logs.push(record);
-        if (record.event === 'listening') port = record.port as number;
+        logs.push(JSON.parse(line) as Record<string, unknown>);
       } catch {
         // Not one of Deputy's log lines (a Node warning, say): kept in stderr only.
       }
     }
   });
 
+  const pid = child.pid as number;
+  const url = `http://127.0.0.1:${port}`;
   const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
+    if (exit !== undefined) return;
     child.kill('SIGTERM');
     const force = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
     await exited;
@@ -137,18 +195,14 @@ export async function startDeputyProcess(name: string, env: Env): Promise<Deputy
 
   try {
     const deadline = Date.now() + START_TIMEOUT_MS;
-    let early: { code: number | null; signal: string | null } | undefined;
-    void exited.then((status) => (early = status));
     for (;;) {
-      if (early !== undefined) throw new Error(`exited with ${early.code ?? early.signal} before it was ready`);
+      if (exit !== undefined) throw new Error(`exited with ${exit.code ?? exit.signal} before it was ready`);
       if (Date.now() > deadline) throw new Error(`not ready within ${START_TIMEOUT_MS} ms`);
-      if (port !== undefined) {
-        const ready = await fetch(`http://127.0.0.1:${port}/readyz`).then(
-          (response) => response.status === 200,
-          () => false,
-        );
-        if (ready) break;
-      }
+      const ready = await fetch(`${url}/readyz`).then(
+        (response) => response.status === 200,
+        () => false,
+      );
+      if (ready) break;
       await sleep(50);
     }
   } catch (error) {
@@ -156,7 +210,33 @@ export async function startDeputyProcess(name: string, env: Env): Promise<Deputy
     throw new Error(`Deputy process ${name}: ${(error as Error).message}; stderr:\n${stderr}`);
   }
 
-  return { name, url: `http://127.0.0.1:${port}`, pid: child.pid as number, logs, stderr: () => stderr, stop };
+  return {
+    name,
+    url,
+    pid,
+    logs,
+    stderr: () => stderr,
+    peakRss: () => {
+      try {
+        const kb = /^VmHWM:\s+(\d+)\s+kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+        return kb === undefined ? undefined : Number(kb) * 1024;
+      } catch {
+        return undefined;
+      }
+    },
+    cpuSeconds: () => {
+      try {
+        // Fields after the command name (in parentheses, which may hold spaces): utime is the
+        // 12th, stime the 13th.
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond();
+      } catch {
+        return undefined;
+      }
+    },
+    stop,
+  };
 }
 
 export interface CliRun {
