@@ -474,3 +474,30 @@ describe('SIGTERM', () => {
     }
   });
 });
+
+describe('behind a trusted proxy', () => {
+  const dir = tempDir();
+  let deputy: RunningDeputy;
+
+  before(async () => {
+    deputy = await startDeputy({
+      dbPath: `${dir.path}/deputy.db`,
+      env: { DEPUTY_TRUST_PROXY: 'true', DEPUTY_RATE_LIMIT_SIGN_IN: '2' },
+    });
+  });
+
+  after(async () => {
+    await deputy.stop();
+    dir.remove();
+  });
+
+  test('the address is the one the proxy added, whatever the client put before it', async () => {
+    const signIn = (forwarded: string) =>
+      fetch(`${deputy.url}/login/callback?state=x`, { headers: { 'x-forwarded-for': forwarded } });
+    assert.equal((await signIn('10.0.0.1, 192.0.2.7')).status, 400);
+    assert.equal((await signIn('10.0.0.2, 192.0.2.7')).status, 400);
+    assert.equal((await signIn('10.0.0.3, 192.0.2.7')).status, 429);
+    // Another client of the proxy has its own allowance.
+    assert.equal((await signIn('10.0.0.3, 192.0.2.8')).status, 400);
+  });
+});
