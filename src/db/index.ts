@@ -49,8 +49,9 @@ export interface Database {
   run<T>(fn: (db: Db) => Promise<T>): Promise<T>;
   /**
    * A select prepared once, for the queries every token request makes: building a drizzle
-   * query costs more than running it (bench/mint.ts --profile). Not for use in a transaction,
-   * whose statements must go through its own handle. `name` names the statement on PostgreSQL.
+   * query costs more than running it (bench/mint.ts --profile). Outside transactions only: on
+   * PostgreSQL it would run beside the transaction, on SQLite wait for it to end. `name`
+   * names the statement on PostgreSQL.
    */
   prepared<T>(name: string, build: (db: Db, t: Tables) => Preparable<T>): (values: Record<string, unknown>) => Promise<T[]>;
   /**
