@@ -64,7 +64,7 @@ const ICON = readFileSync(join(dirname(fileURLToPath(import.meta.url)), 'web/sta
 export async function createDeputy(config: Config, log: Logger): Promise<Deputy> {
   const { secret } = resolveSecret(config);
   const secrets = deriveSecrets(secret);
-  const database = await openDatabaseOrExplain(config.dbPath);
+  const database = await openDatabaseOrExplain(config.dbPath, { pool: config.dbPool });
   try {
     await database.migrate();
     return await assemble(config, log, database, secrets);

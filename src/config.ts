@@ -22,6 +22,8 @@ export interface Config {
   port: number;
   host: string;
   dbPath: string;
+  /** Connections each process keeps to PostgreSQL (DEPUTY_DB_POOL). */
+  dbPool: number;
   /** DEPUTY_SECRET when set; otherwise resolved from the file beside the database. */
   secret: string | undefined;
   /** null means the built-in development provider. */
@@ -91,6 +93,7 @@ export function loadConfig(env: Env = process.env): Config {
   const upstream = parseUpstream(env, production);
   // The development sign-in lets anyone in as anyone: by default only this machine reaches it.
   const host = nonEmpty('DEPUTY_HOST', env.DEPUTY_HOST) ?? (upstream === null ? '127.0.0.1' : '0.0.0.0');
+  const dbPool = parseInteger('DEPUTY_DB_POOL', env.DEPUTY_DB_POOL, 10, 1, 100);
   const idJagTtl = parseInteger('DEPUTY_ID_JAG_TTL', env.DEPUTY_ID_JAG_TTL, 300, 1, MAX_ID_JAG_TTL);
   const allowLoopbackServices = parseBoolean(
     'DEPUTY_ALLOW_LOOPBACK_SERVICES',
@@ -165,6 +168,7 @@ export function loadConfig(env: Env = process.env): Config {
     port,
     host,
     dbPath,
+    dbPool,
     secret,
     upstream,
     idJagTtl,

@@ -173,7 +173,7 @@ async function serve(config: Config): Promise<Server> {
 
 /** Opens and migrates the database, runs `fn` with a store on it, and closes it. */
 async function withStore<T>(config: Config, fn: (store: Store) => Promise<T>): Promise<T> {
-  const database = await openDatabaseOrExplain(config.dbPath);
+  const database = await openDatabaseOrExplain(config.dbPath, { pool: config.dbPool });
   try {
     await database.migrate();
     return await fn(new Store(database));
@@ -190,7 +190,7 @@ async function backupCommand(config: Config, args: string[], out: Output): Promi
   const [file, ...extra] = args;
   if (file === undefined || file.startsWith('-') || extra.length > 0) throw new UsageError('backup takes one FILE');
   if (existsSync(file)) throw new ConfigError(`'${file}' exists; Deputy does not overwrite a backup`);
-  const database = await openDatabaseOrExplain(config.dbPath);
+  const database = await openDatabaseOrExplain(config.dbPath, { pool: config.dbPool });
   try {
     if (!(database instanceof SqliteDatabase)) {
       throw new CommandError('backup copies a SQLite database; back up PostgreSQL with its own tools (pg_dump)');

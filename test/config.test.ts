@@ -216,6 +216,14 @@ describe('loadConfig', () => {
     assert.equal(config.secret, undefined);
   });
 
+  test('DEPUTY_DB_POOL is 10 connections unless set, 1 to 100', () => {
+    assert.equal(loadConfig({}).dbPool, 10);
+    assert.equal(loadConfig({ DEPUTY_DB_POOL: '40' }).dbPool, 40);
+    for (const value of ['0', '101', 'many']) {
+      assert.throws(() => loadConfig({ DEPUTY_DB_POOL: value }), { name: 'ConfigError', message: /^DEPUTY_DB_POOL/ });
+    }
+  });
+
   test('accepts DEPUTY_ID_JAG_TTL from 1 to 900 seconds', () => {
     assert.equal(loadConfig({ DEPUTY_ID_JAG_TTL: '1' }).idJagTtl, 1);
     assert.equal(loadConfig({ DEPUTY_ID_JAG_TTL: '900' }).idJagTtl, 900);

@@ -13,6 +13,7 @@ import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { DrizzleQueryError } from 'drizzle-orm';
 import { createLogger } from '../src/log.ts';
 import { Browser, formAction } from './helpers/browser.ts';
 import { cliEnvFor, listen, startDeputy, tempDir, TEST_DIALECT, upstreamEnv, type RunningDeputy } from './helpers/deputy.ts';
@@ -472,6 +473,24 @@ describe('SIGTERM', () => {
       child.kill('SIGKILL');
       dir.remove();
     }
+  });
+});
+
+describe('the log', () => {
+  test('a failed query is logged without the values it was given', () => {
+    const log = capturedLog();
+    const logger = createLogger('info', 'json', log.stream);
+    const cause = Object.assign(new Error('duplicate key value violates unique constraint "x_pkey"'), {
+      code: '23505',
+      detail: 'Key (code_verifier)=(pkce-verifier-value) already exists.',
+    });
+    logger.error({ err: new DrizzleQueryError('insert into "login_attempts" values ($1, $2)', ['state-hash', 'pkce-verifier-value'], cause) }, 'failed');
+    const [line] = log.lines;
+    const text = JSON.stringify(line);
+    assert.ok(!text.includes('pkce-verifier-value'), text);
+    const err = line?.err as Record<string, unknown>;
+    assert.equal(err.message, 'Failed query: insert into "login_attempts" values ($1, $2)');
+    assert.deepEqual(err.cause, { type: 'Error', message: 'duplicate key value violates unique constraint "x_pkey"', code: '23505' });
   });
 });
 

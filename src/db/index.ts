@@ -91,9 +91,9 @@ export function isPostgresUrl(value: string): boolean {
 }
 
 /** Opens the database DEPUTY_DB names, turning a failure into a one-line ConfigError. */
-export async function openDatabaseOrExplain(location: string): Promise<Database> {
+export async function openDatabaseOrExplain(location: string, options: { pool?: number } = {}): Promise<Database> {
   if (isPostgresUrl(location)) {
-    const database = new PostgresDatabase(location);
+    const database = new PostgresDatabase(location, options.pool);
     try {
       await database.ping();
       return database;
@@ -313,8 +313,8 @@ export class PostgresDatabase implements Database {
   readonly pool: pg.Pool;
   readonly #db: NodePgDatabase<typeof pgSchema>;
 
-  constructor(url: string) {
-    this.pool = new pg.Pool({ connectionString: url, max: 10, connectionTimeoutMillis: 10_000, Client: TextSafeClient });
+  constructor(url: string, poolSize = 10) {
+    this.pool = new pg.Pool({ connectionString: url, max: poolSize, connectionTimeoutMillis: 10_000, Client: TextSafeClient });
     // An idle client losing its connection must not crash the process; the next query reconnects.
     this.pool.on('error', () => undefined);
     this.#db = drizzlePg(this.pool, { schema: pgSchema });
