@@ -38,8 +38,8 @@
  * OS processes, each its own event loop, sharing only the database), with the same
  * DEPUTY_ISSUER, DEPUTY_SECRET and DEPUTY_DB, rate limits off, log level warn (the in-process
  * SQLite Deputy logs nothing), each on its own port. The issuer is a round-robin balancer in
- * this process, which the setup's sign-ins and device flows go through, all to the first
- * process (the development sign-in keeps its sign-ins in that process's memory); agents are
+ * this process, which the setup's sign-ins and device flows go through, to both processes in
+ * turn (the development sign-in keeps its sign-ins in the shared database); agents are
  * registered and their 'always' delegations made through the store in this process, and every
  * (agent, refresh token, audience) is minted once at each process before the load. The mint
  * load then goes straight to the two ports, not through the balancer: one autocannon instance
@@ -560,10 +560,8 @@ async function runPostgres(serverUrl: string): Promise<{
       processes.push(started);
       cleanups.push(() => started.stop());
     }
-    // The setup's browser goes to process A only: the development sign-in keeps its sign-ins
-    // in the memory of the process that started them (README, "several processes"), so a
-    // balancer spreading one browser's requests would break it. Both processes mint below.
-    balancer.targets = [processes[0]?.url as string];
+    // The setup's browser goes through the balancer to both, as a fleet's would.
+    balancer.targets = processes.map((p) => p.url);
     progress(
       `postgres: ${PG_PROCESSES} Deputy processes on one database, ` +
         `${processes.map((p, i) => `${String.fromCharCode(65 + i)} pid ${p.pid} at ${p.url}`).join(', ')}; issuer ${balancer.url}`,

@@ -130,6 +130,7 @@ async function assemble(
   if (config.upstream === null) {
     const idp = await createDevIdp({
       deputyIssuer: config.issuer,
+      database,
       clientSecret: secrets.devIdpClientSecret,
       cookieKeys: secrets.cookieKeys,
       views,

@@ -98,10 +98,7 @@ async function serve(config: Config): Promise<Server> {
     log.warn(
       { event: 'dev_idp' },
       `development sign-in is on at ${deputy.upstream.issuer}: any email signs in as verified. ` +
-        'Set DEPUTY_UPSTREAM_ISSUER for real use; NODE_ENV=production refuses this.' +
-        (isPostgresUrl(config.dbPath)
-          ? ' Its sign-ins live in this process alone: with several processes, send a browser to one of them.'
-          : ''),
+        'Set DEPUTY_UPSTREAM_ISSUER for real use; NODE_ENV=production refuses this.',
     );
   }
   const nodeEnv = process.env.NODE_ENV;

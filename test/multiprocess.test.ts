@@ -474,3 +474,45 @@ describe('two Deputy processes on one PostgreSQL database', { skip: TEST_POSTGRE
     assert.equal(await signingKid(b), kid);
   });
 });
+
+describe('the development sign-in across two processes', { skip: TEST_POSTGRES === undefined && 'needs DEPUTY_TEST_POSTGRES (scripts/postgres.sh)' }, () => {
+  let dir: ReturnType<typeof tempDir>;
+  let balancer: Balancer;
+  let a: DeputyProcess | undefined;
+  let b: DeputyProcess | undefined;
+  let database: string | undefined;
+
+  before(async () => {
+    dir = tempDir('deputy-multiprocess-dev-');
+    balancer = await startBalancer();
+    database = await databaseFor(`${dir.path}/deputy.db`);
+    const env = { DEPUTY_ISSUER: balancer.url, DEPUTY_DB: database, DEPUTY_SECRET: randomBytes(24).toString('hex'), ...NO_RATE_LIMITS };
+    [a, b] = await Promise.all([startDeputyProcess('A', env), startDeputyProcess('B', env)]);
+    balancer.targets = [a.url, b.url];
+  });
+
+  after(async () => {
+    await Promise.all([a?.stop(), b?.stop()]);
+    await balancer?.close();
+    if (database !== undefined) {
+      const admin = new pg.Client({ connectionString: TEST_POSTGRES });
+      await admin.connect();
+      await admin.query(`drop database if exists ${new URL(database).pathname.slice(1)} with (force)`).finally(() => admin.end());
+    }
+    dir?.remove();
+  });
+
+  test('signs a person in when the balancer sends each step to the other process', async () => {
+    for (const who of ['grace', 'alan', 'edsger']) {
+      const browser = new Browser();
+      const form = await browser.go(`${balancer.url}/login`);
+      assert.equal(form.status, 200, form.body);
+      const home = await browser.submit(formAction(form), { email: `${who}@example.com`, name: who.toUpperCase() });
+      assert.equal(home.status, 200, home.body);
+      assert.match(home.body, new RegExp(`Signed in as ${who.toUpperCase()}`));
+    }
+    // Round robin: both processes took part in every sign-in.
+    assert.ok((balancer.forwarded.get(a?.url as string) ?? 0) > 3);
+    assert.ok((balancer.forwarded.get(b?.url as string) ?? 0) > 3);
+  });
+});

@@ -26,6 +26,21 @@ export function createAdapter(
   findAgent: (clientId: string) => Promise<Agent | undefined>,
   clientMetadataOf: ClientMetadataOf,
 ): new (name: string) => Adapter {
+  const Models = createModelAdapter(database);
+  return class DeputyAdapter extends Models {
+    override async find(id: string): Promise<AdapterPayload | undefined> {
+      if (this.name !== 'Client') return super.find(id);
+      const agent = await findAgent(id);
+      return agent === undefined ? undefined : clientMetadataOf(agent);
+    }
+  };
+}
+
+/**
+ * An oidc-provider adapter over `oidc_models`, for every model it stores. `prefix` keeps
+ * another provider's rows apart (the development sign-in's, under `dev-idp:`).
+ */
+export function createModelAdapter(database: Database, prefix = '') {
   const { oidcModels } = database.t;
   const byId = database.prepared('oidc_by_id', (db) =>
     db
@@ -55,12 +70,16 @@ export function createAdapter(
   }
 
   return class DatabaseAdapter implements Adapter {
+    /** oidc-provider's name for the model. */
+    readonly name: string;
+    /** The model as stored: the name, behind the prefix. */
     readonly model: string;
     readonly #hashed: boolean;
 
-    constructor(model: string) {
-      this.model = model;
-      this.#hashed = HASHED_MODELS.has(model);
+    constructor(name: string) {
+      this.name = name;
+      this.model = `${prefix}${name}`;
+      this.#hashed = HASHED_MODELS.has(name);
     }
 
     /** The row's key: the id, or its hash for bearer credentials. */
@@ -91,10 +110,6 @@ export function createAdapter(
     }
 
     async find(id: string): Promise<AdapterPayload | undefined> {
-      if (this.model === 'Client') {
-        const agent = await findAgent(id);
-        return agent === undefined ? undefined : clientMetadataOf(agent);
-      }
       const [row] = await byId({ model: this.model, id: this.#key(id) });
       const found = live(row);
       return found !== undefined && this.#hashed ? { ...found, jti: id } : found;
@@ -129,7 +144,7 @@ export function createAdapter(
 
       const [row] = await database.run((db) => db.select({ grantId: oidcModels.grantId }).from(oidcModels).where(which));
       if (row?.grantId != null) await revokeGrant(database, row.grantId);
-      throw new errors.InvalidGrant(`${this.model === 'RefreshToken' ? 'refresh token' : 'grant'} already used`);
+      throw new errors.InvalidGrant(`${this.name === 'RefreshToken' ? 'refresh token' : 'grant'} already used`);
     }
 
     async destroy(id: string): Promise<void> {

@@ -7,7 +7,9 @@ import Router from '@koa/router';
 import { exportJWK, generateKeyPair } from 'jose';
 import type Koa from 'koa';
 import mount from 'koa-mount';
-import { Provider, type Adapter, type AdapterPayload } from 'oidc-provider';
+import { Provider } from 'oidc-provider';
+import type { Database } from '../db/index.ts';
+import { createModelAdapter } from '../db/oidc-adapter.ts';
 import { formBody } from '../web/body.ts';
 import type { Views } from '../web/views.ts';
 
@@ -22,6 +24,8 @@ export interface DevIdp {
 
 interface Options {
   deputyIssuer: string;
+  /** Where its sign-ins are kept: Deputy's database, so every process on it shares them. */
+  database: Database;
   clientSecret: string;
   cookieKeys: string[];
   views: Views;
@@ -34,11 +38,13 @@ const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
 
 export async function createDevIdp(options: Options): Promise<DevIdp> {
   const issuer = `${options.deputyIssuer}${DEV_IDP_PATH}`;
-  const names = new Map<string, string>();
+  const Adapter = createModelAdapter(options.database, 'dev-idp:');
+  // The name typed at sign-in, by email, for the ID token's `name`.
+  const names = new Adapter('Name');
   const { privateKey } = await generateKeyPair('ES256', { extractable: true });
 
   const provider = new Provider(issuer, {
-    adapter: MemoryAdapter,
+    adapter: Adapter,
     clients: [
       {
         client_id: DEV_IDP_CLIENT_ID,
@@ -75,15 +81,18 @@ export async function createDevIdp(options: Options): Promise<DevIdp> {
       Session: 8 * 3600,
     },
     interactions: { url: (_ctx, interaction) => `${DEV_IDP_PATH}/interaction/${interaction.uid}` },
-    findAccount: (_ctx, id) => ({
-      accountId: id,
-      claims: () => ({
-        sub: id,
-        email: id,
-        email_verified: true,
-        name: names.get(id) ?? id.split('@')[0],
-      }),
-    }),
+    findAccount: async (_ctx, id) => {
+      const name = (await names.find(id))?.name;
+      return {
+        accountId: id,
+        claims: () => ({
+          sub: id,
+          email: id,
+          email_verified: true,
+          name: typeof name === 'string' ? name : id.split('@')[0],
+        }),
+      };
+    },
     // Deputy is the only client and first-party: consent is implied.
     loadExistingGrant: async (ctx) => {
       const accountId = ctx.oidc.session?.accountId;
@@ -129,7 +138,7 @@ export async function createDevIdp(options: Options): Promise<DevIdp> {
       return;
     }
 
-    if (name !== '') names.set(email, name);
+    if (name !== '') await names.upsert(email, { name }, 0);
     await provider.interactionFinished(
       ctx.req,
       ctx.res,
@@ -147,69 +156,4 @@ export async function createDevIdp(options: Options): Promise<DevIdp> {
       mount(DEV_IDP_PATH, provider),
     ],
   };
-}
-
-/**
- * oidc-provider storage for the development provider: process memory, expiring entries. Its
- * sign-in sessions end with the process, which is all a development provider needs.
- */
-class MemoryAdapter implements Adapter {
-  static readonly #store = new Map<string, { payload: AdapterPayload; expiresAt: number }>();
-  readonly #model: string;
-
-  constructor(model: string) {
-    this.#model = model;
-  }
-
-  #key(id: string): string {
-    return `${this.#model}:${id}`;
-  }
-
-  async upsert(id: string, payload: AdapterPayload, expiresIn: number): Promise<void> {
-    MemoryAdapter.#store.set(this.#key(id), {
-      payload,
-      expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : Number.POSITIVE_INFINITY,
-    });
-    if (payload.uid) MemoryAdapter.#store.set(`${this.#model}:uid:${payload.uid}`, {
-      payload,
-      expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : Number.POSITIVE_INFINITY,
-    });
-  }
-
-  async find(id: string): Promise<AdapterPayload | undefined> {
-    return this.#get(this.#key(id));
-  }
-
-  async findByUid(uid: string): Promise<AdapterPayload | undefined> {
-    return this.#get(`${this.#model}:uid:${uid}`);
-  }
-
-  async findByUserCode(): Promise<AdapterPayload | undefined> {
-    return undefined;
-  }
-
-  async consume(id: string): Promise<void> {
-    const entry = MemoryAdapter.#store.get(this.#key(id));
-    if (entry) entry.payload.consumed = Math.floor(Date.now() / 1000);
-  }
-
-  async destroy(id: string): Promise<void> {
-    MemoryAdapter.#store.delete(this.#key(id));
-  }
-
-  async revokeByGrantId(grantId: string): Promise<void> {
-    for (const [key, entry] of MemoryAdapter.#store) {
-      if (entry.payload.grantId === grantId) MemoryAdapter.#store.delete(key);
-    }
-  }
-
-  #get(key: string): AdapterPayload | undefined {
-    const entry = MemoryAdapter.#store.get(key);
-    if (entry === undefined) return undefined;
-    if (entry.expiresAt <= Date.now()) {
-      MemoryAdapter.#store.delete(key);
-      return undefined;
-    }
-    return entry.payload;
-  }
 }
