@@ -344,6 +344,8 @@ export class PostgresDatabase implements Database {
 
   transaction<T>(fn: (tx: Db) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
     const scope = options.exclusive;
+    // Known limit: a transaction waiting here for its scope's lock holds one of the pool's
+    // connections meanwhile (DEPUTY_DB_POOL); try-locks with a retry outside would free it.
     return this.#db.transaction(async (tx) => {
       if (scope === 'all') {
         await tx.execute(sql`select pg_advisory_xact_lock(${EVERYTHING}, 0)`);

@@ -41,6 +41,9 @@ export async function createDevIdp(options: Options): Promise<DevIdp> {
   const Adapter = createModelAdapter(options.database, 'dev-idp:');
   // The name typed at sign-in, by email, for the ID token's `name`.
   const names = new Adapter('Name');
+  // Known limit: each process signs with a key of its own. Deputy, its one relying party, takes
+  // ID tokens straight from the token endpoint and need not check their signature (OpenID
+  // Connect Core 3.1.3.7); a key kept in the database would give every process one JWKS.
   const { privateKey } = await generateKeyPair('ES256', { extractable: true });
 
   const provider = new Provider(issuer, {
