@@ -83,7 +83,7 @@ export function loadConfig(env: Env = process.env): Config {
   const dbPath = nonEmpty('DEPUTY_DB', env.DEPUTY_DB) ?? './data/deputy.db';
   const secret = parseSecret(env.DEPUTY_SECRET, production);
   checkDatabaseLocation(dbPath);
-  if (/^postgres(ql)?:\/\//i.test(dbPath)) {
+  if (isPostgresUrl(dbPath)) {
     // Every process must decrypt the same signing keys and honour the same cookies, and there
     // is no folder beside the database to keep a generated secret in.
     if (secret === undefined) {
@@ -261,6 +261,11 @@ function parseBoolean(name: string, value: string | undefined): boolean {
   throw new ConfigError(`${name} must be 'true' or 'false' (or '1' or '0'), got '${value}'`);
 }
 
+/** Whether DEPUTY_DB names a PostgreSQL server rather than a SQLite file. */
+export function isPostgresUrl(value: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(value);
+}
+
 /**
  * DEPUTY_DB is a SQLite file path or a postgres:// URL. Anything that looks like a URL but is
  * not one of those (`postgress://`, `pg://`, `postgres:/…`) is refused rather than taken as a
@@ -270,7 +275,7 @@ function checkDatabaseLocation(value: string): void {
   const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(value)?.[1];
   // A Windows drive letter (C:\…) is a path, not a scheme.
   if (scheme === undefined || (scheme.length === 1 && /^[a-z]:[\\/]/i.test(value))) return;
-  if (!/^postgres(ql)?:\/\//i.test(value)) {
+  if (!isPostgresUrl(value)) {
     throw new ConfigError(`DEPUTY_DB must be a SQLite file path or a postgres:// URL, not '${scheme}:…'`);
   }
   const rest = value.slice(value.indexOf('//') + 2).split(/[?#]/, 1)[0] ?? '';

@@ -4,24 +4,17 @@
  * keys get private_key_jwt; bad arguments exit with status 2 and say what is wrong.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { exportJWK, generateKeyPair } from 'jose';
+import { runCli, type CliRun } from './helpers/processes.ts';
 
-const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
-const SPAWN_TIMEOUT_MS = 20_000;
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+type Run = CliRun;
 
 interface AgentJson {
   client_id: string;
@@ -56,24 +49,7 @@ function freshDeputy() {
 
 /** Runs `deputy ARGS…` with a minimal environment; a hung process is killed and fails the test. */
 function deputy(dbPath: string, args: string[]): Promise<Run> {
-  const env = { PATH: process.env.PATH, HOME: process.env.HOME, DEPUTY_DB: dbPath };
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
-      cwd: REPO_ROOT,
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: SPAWN_TIMEOUT_MS,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      if (signal !== null) reject(new Error(`deputy ${args.join(' ')} was killed by ${signal}; stderr:\n${stderr}`));
-      else resolve({ code, stdout, stderr });
-    });
-  });
+  return runCli({ DEPUTY_DB: dbPath }, ...args);
 }
 
 function assertSucceeded(run: Run): void {

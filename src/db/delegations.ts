@@ -71,9 +71,7 @@ export class DelegationStore {
         .innerJoin(t.oidcModels, grantLivesAt(t, sql.placeholder('now')))
         .where(
           and(
-            eq(t.connections.userId, sql.placeholder('userId')),
-            eq(t.connections.agentClientId, sql.placeholder('agentClientId')),
-            isNull(t.connections.disconnectedAt),
+            openConnection(t, sql.placeholder('userId'), sql.placeholder('agentClientId')),
             lte(t.connections.createdAt, sql.placeholder('issuedAt')),
           ),
         )
@@ -124,11 +122,12 @@ export class DelegationStore {
         .select()
         .from(t.delegations)
         .where(
-          and(
-            eq(t.delegations.userId, sql.placeholder('userId')),
-            eq(t.delegations.agentClientId, sql.placeholder('agentClientId')),
-            eq(t.delegations.audience, sql.placeholder('audience')),
-            usableAt(t, sql.placeholder('now')),
+          usableFor(
+            t,
+            sql.placeholder('userId'),
+            sql.placeholder('agentClientId'),
+            sql.placeholder('audience'),
+            sql.placeholder('now'),
           ),
         )
         .orderBy(desc(t.delegations.createdAt))
@@ -653,11 +652,22 @@ async function endConnections(
 }
 
 /** Deletes the grants of ended connections and every token issued under them. */
-async function deleteGrants(tx: Db, { oidcModels }: Tables, ended: { grantId: string | null }[]): Promise<void> {
+async function deleteGrants(tx: Db, t: Tables, ended: { grantId: string | null }[]): Promise<void> {
+  const { oidcModels } = t;
   const grantIds = ended.map((c) => c.grantId).filter((g): g is string => g !== null);
   if (grantIds.length === 0) return;
-  await tx.delete(oidcModels).where(inArray(oidcModels.grantId, grantIds));
-  await tx.delete(oidcModels).where(and(eq(oidcModels.model, 'Grant'), inArray(oidcModels.id, grantIds)));
+  await tx.delete(oidcModels).where(grantsAndTokens(t, grantIds));
+}
+
+/**
+ * The rows of these grants and of everything issued under them: deleting them ends the
+ * connections they hold (delegations.ts).
+ */
+export function grantsAndTokens({ oidcModels }: Tables, grantIds: string[], prefix = ''): SQL {
+  return or(
+    inArray(oidcModels.grantId, grantIds),
+    and(eq(oidcModels.model, `${prefix}Grant`), inArray(oidcModels.id, grantIds)),
+  ) as SQL;
 }
 
 /** Whether the user and agent have a live connection, read inside the caller's transaction. */
@@ -666,13 +676,7 @@ async function connectedIn(tx: Db, t: Tables, userId: string, agentClientId: str
     .select({ id: t.connections.id })
     .from(t.connections)
     .innerJoin(t.oidcModels, grantLivesAt(t, now))
-    .where(
-      and(
-        eq(t.connections.userId, userId),
-        eq(t.connections.agentClientId, agentClientId),
-        isNull(t.connections.disconnectedAt),
-      ),
-    )
+    .where(openConnection(t, userId, agentClientId))
     .limit(1);
   return rows.length > 0;
 }
@@ -683,14 +687,7 @@ async function insertUnlessActive(tx: Db, t: Tables, input: NewDelegation, now: 
   const active = await tx
     .select({ id: delegations.id })
     .from(delegations)
-    .where(
-      and(
-        eq(delegations.userId, input.userId),
-        eq(delegations.agentClientId, input.agentClientId),
-        eq(delegations.audience, input.audience),
-        usableAt(t, now),
-      ),
-    )
+    .where(usableFor(t, input.userId, input.agentClientId, input.audience, now))
     .limit(1);
   if (active.length > 0) return undefined;
   const [created] = await tx.insert(delegations).values({ id: newId('dlg'), ...input, createdAt: now }).returning();
@@ -706,6 +703,31 @@ function grantLivesAt({ oidcModels, connections }: Tables, now: number | Placeho
     eq(oidcModels.model, 'Grant'),
     eq(oidcModels.id, connections.grantId),
     or(isNull(oidcModels.expiresAt), gt(oidcModels.expiresAt, now)),
+  ) as SQL;
+}
+
+/** The user's connections to the agent that have not been ended (join grantLivesAt for live ones). */
+function openConnection({ connections }: Tables, userId: string | Placeholder, agentClientId: string | Placeholder): SQL {
+  return and(
+    eq(connections.userId, userId),
+    eq(connections.agentClientId, agentClientId),
+    isNull(connections.disconnectedAt),
+  ) as SQL;
+}
+
+/** The agent's delegations from the user for the audience that can mint at `now`. */
+function usableFor(
+  t: Tables,
+  userId: string | Placeholder,
+  agentClientId: string | Placeholder,
+  audience: string | Placeholder,
+  now: number | Placeholder,
+): SQL {
+  return and(
+    eq(t.delegations.userId, userId),
+    eq(t.delegations.agentClientId, agentClientId),
+    eq(t.delegations.audience, audience),
+    usableAt(t, now),
   ) as SQL;
 }
 

@@ -17,7 +17,7 @@ import { migrate as migrateSqlite } from 'drizzle-orm/better-sqlite3/migrator';
 import { drizzle as drizzlePg, type NodePgDatabase } from 'drizzle-orm/node-postgres';
 import { migrate as migratePg } from 'drizzle-orm/node-postgres/migrator';
 import pg from 'pg';
-import { ConfigError } from '../config.ts';
+import { ConfigError, isPostgresUrl } from '../config.ts';
 import * as sqliteSchema from './schema.ts';
 import * as pgSchema from './schema-pg.ts';
 
@@ -85,10 +85,7 @@ export const RATE_LIMIT_TABLE = 'rate_limits';
 
 const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../../drizzle');
 
-/** Whether DEPUTY_DB names a PostgreSQL server rather than a SQLite file. */
-export function isPostgresUrl(value: string): boolean {
-  return /^postgres(ql)?:\/\//i.test(value);
-}
+export { isPostgresUrl };
 
 /** Opens the database DEPUTY_DB names, turning a failure into a one-line ConfigError. */
 export async function openDatabaseOrExplain(location: string, options: { pool?: number } = {}): Promise<Database> {

@@ -4,8 +4,9 @@
  * is a row of `oidc_models` keyed by (model, id), with the secondary lookups the interface
  * needs (grant id, user code, uid) on indexes.
  */
-import { and, eq, isNull, lte, or, sql } from 'drizzle-orm';
+import { and, eq, isNull, lte, sql } from 'drizzle-orm';
 import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
+import { grantsAndTokens } from './delegations.ts';
 import type { Database } from './index.ts';
 import { epoch, sha256, type Agent } from './store.ts';
 
@@ -143,7 +144,10 @@ export function createModelAdapter(database: Database, prefix = '') {
       if (consumed.length === 1) return;
 
       const [row] = await database.run((db) => db.select({ grantId: oidcModels.grantId }).from(oidcModels).where(which));
-      if (row?.grantId != null) await revokeGrant(database, row.grantId);
+      const grantId = row?.grantId;
+      if (grantId != null) {
+        await database.run((db) => db.delete(oidcModels).where(grantsAndTokens(database.t, [grantId], prefix)));
+      }
       throw new errors.InvalidGrant(`${this.name === 'RefreshToken' ? 'refresh token' : 'grant'} already used`);
     }
 
@@ -159,16 +163,6 @@ export function createModelAdapter(database: Database, prefix = '') {
       );
     }
   };
-}
-
-/** Deletes a grant and everything issued under it, which also ends its connection. */
-async function revokeGrant(database: Database, grantId: string): Promise<void> {
-  const { oidcModels } = database.t;
-  await database.run((db) =>
-    db
-      .delete(oidcModels)
-      .where(or(eq(oidcModels.grantId, grantId), and(eq(oidcModels.model, 'Grant'), eq(oidcModels.id, grantId)))),
-  );
 }
 
 /** Deletes expired rows; oidc-provider only ever reads live ones. */

@@ -38,6 +38,10 @@ export interface UpstreamProfile {
   authTime: number | null;
 }
 
+function refused(_values: Record<string, unknown>): Promise<never> {
+  return Promise.reject(new Error('a prepared lookup used inside a transaction'));
+}
+
 export class Store {
   readonly database: Database;
   /** The transaction this store is bound to, if it is one (see exclusive). */
@@ -49,24 +53,22 @@ export class Store {
   constructor(database: Database, tx?: Db) {
     this.database = database;
     this.#tx = tx;
-    if (tx !== undefined) {
-      // A transaction's store runs its queries through the transaction, never prepared ones.
-      this.#findAgent = this.#findUser = this.#findSessionUser = undefined;
-      return;
-    }
-    this.#findAgent = database.prepared('find_agent', (db, { agents }) =>
+    // The prepared lookups run outside transactions; a transaction's store (the signing key
+    // rotations) has no use for them and refuses them rather than run them beside it.
+    const inTransaction = tx !== undefined;
+    this.#findAgent = inTransaction ? refused : database.prepared('find_agent', (db, { agents }) =>
       db
         .select()
         .from(agents)
         .where(and(eq(agents.clientId, sql.placeholder('clientId')), isNull(agents.removedAt))),
     );
-    this.#findUser = database.prepared('find_user', (db, { users }) =>
+    this.#findUser = inTransaction ? refused : database.prepared('find_user', (db, { users }) =>
       db
         .select()
         .from(users)
         .where(and(eq(users.id, sql.placeholder('id')), isNull(users.removedAt))),
     );
-    this.#findSessionUser = database.prepared('find_session_user', (db, { sessions, users }) =>
+    this.#findSessionUser = inTransaction ? refused : database.prepared('find_session_user', (db, { sessions, users }) =>
       db
         .select({ user: users })
         .from(sessions)
@@ -118,11 +120,7 @@ export class Store {
 
   /** A user who has not been removed. */
   async findUser(id: string): Promise<User | undefined> {
-    if (this.#findUser !== undefined) return (await this.#findUser({ id }))[0];
-    return this.#q(async (db, { users }) => {
-      const [user] = await db.select().from(users).where(and(eq(users.id, id), isNull(users.removedAt)));
-      return user;
-    });
+    return (await this.#findUser({ id }))[0];
   }
 
   listUsers(): Promise<User[]> {
@@ -152,16 +150,7 @@ export class Store {
   }
 
   async findSessionUser(sessionId: string): Promise<User | undefined> {
-    const values = { idHash: sha256(sessionId), now: epoch() };
-    if (this.#findSessionUser !== undefined) return (await this.#findSessionUser(values))[0]?.user;
-    return this.#q(async (db, { sessions, users }) => {
-      const [row] = await db
-        .select({ user: users })
-        .from(sessions)
-        .innerJoin(users, eq(users.id, sessions.userId))
-        .where(and(eq(sessions.idHash, values.idHash), gt(sessions.expiresAt, values.now), isNull(users.removedAt)));
-      return row?.user;
-    });
+    return (await this.#findSessionUser({ idHash: sha256(sessionId), now: epoch() }))[0]?.user;
   }
 
   async deleteSession(sessionId: string): Promise<void> {
@@ -203,14 +192,7 @@ export class Store {
 
   /** A registered agent that has not been removed. */
   async findAgent(clientId: string): Promise<Agent | undefined> {
-    if (this.#findAgent !== undefined) return (await this.#findAgent({ clientId }))[0];
-    return this.#q(async (db, { agents }) => {
-      const [agent] = await db
-        .select()
-        .from(agents)
-        .where(and(eq(agents.clientId, clientId), isNull(agents.removedAt)));
-      return agent;
-    });
+    return (await this.#findAgent({ clientId }))[0];
   }
 
   /** The agent's record even after its removal (kept for the audit trail). */
