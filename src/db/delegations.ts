@@ -661,7 +661,7 @@ async function deleteGrants(tx: Db, t: Tables, ended: { grantId: string | null }
 
 /**
  * The rows of these grants and of everything issued under them: deleting them ends the
- * connections they hold (delegations.ts).
+ * connections they hold: this module reads a connection as live only while its grant row is there.
  */
 export function grantsAndTokens({ oidcModels }: Tables, grantIds: string[], prefix = ''): SQL {
   return or(
